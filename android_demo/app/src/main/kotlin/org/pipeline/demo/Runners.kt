@@ -1,0 +1,92 @@
+package org.pipeline.demo
+
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import org.pipeline.demo.tokenizer.Encoding
+import org.pytorch.executorch.EValue
+import org.pytorch.executorch.Module
+import org.pytorch.executorch.Tensor
+import org.tensorflow.lite.DataType
+import org.tensorflow.lite.Interpreter
+
+/** One loaded model file; `run` takes the tokenizer's encoding and returns the logits. */
+interface ModelRunner : AutoCloseable {
+    val file: ModelFile
+    fun run(encoding: Encoding): FloatArray
+
+    companion object {
+        fun open(file: ModelFile, path: File, threads: Int = 2): ModelRunner = when (file.runtime) {
+            ManifestValues.RUNTIME_EXECUTORCH -> ExecuTorchRunner(file, path)
+            ManifestValues.RUNTIME_LITERT -> LiteRtRunner(file, path, threads)
+            else -> throw IllegalArgumentException("${file.path}: unknown runtime '${file.runtime}'")
+        }
+    }
+}
+
+private fun inputValues(spec: TensorSpec, encoding: Encoding): IntArray =
+    encoding.byName(spec.canonicalName)
+        ?: throw IllegalArgumentException("model input '${spec.name}' is not one the tokenizer produces")
+
+/** ExecuTorch .pte: inputs are positional, in the manifest's order, with the manifest's dtype. */
+class ExecuTorchRunner(override val file: ModelFile, path: File) : ModelRunner {
+    private val module: Module = Module.load(path.absolutePath)
+
+    override fun run(encoding: Encoding): FloatArray {
+        val inputs = file.inputs.map { spec ->
+            val values = inputValues(spec, encoding)
+            val tensor = when (spec.dtype) {
+                ManifestValues.DTYPE_INT64 -> Tensor.fromBlob(LongArray(values.size) { values[it].toLong() }, spec.shape)
+                ManifestValues.DTYPE_INT32 -> Tensor.fromBlob(values, spec.shape)
+                else -> throw IllegalArgumentException("${file.path}: input dtype ${spec.dtype} not supported")
+            }
+            EValue.from(tensor)
+        }
+        val outputs = module.forward(*inputs.toTypedArray())
+        return outputs[0].toTensor().dataAsFloatArray
+    }
+
+    override fun close() = module.destroy()
+}
+
+/** LiteRT .tflite: inputs are bound by tensor name (runtimes rename and reorder them), dtype from the manifest. */
+class LiteRtRunner(override val file: ModelFile, path: File, threads: Int) : ModelRunner {
+    private val interpreter = Interpreter(path, Interpreter.Options().setNumThreads(threads))
+    private val inputIndex: Map<TensorSpec, Int> = file.inputs.associateWith { spec ->
+        val names = (0 until interpreter.inputTensorCount).map { interpreter.getInputTensor(it).name() }
+        names.indexOf(spec.name).takeIf { it >= 0 }
+            ?: names.indexOfFirst { it.contains(spec.canonicalName) }.takeIf { it >= 0 }
+            ?: throw IllegalArgumentException("${file.path}: no input tensor named like '${spec.name}' in $names")
+    }
+
+    override fun run(encoding: Encoding): FloatArray {
+        val inputs = arrayOfNulls<Any>(interpreter.inputTensorCount)
+        for ((spec, index) in inputIndex) {
+            val values = inputValues(spec, encoding)
+            val buffer = when (spec.dtype) {
+                ManifestValues.DTYPE_INT64 -> ByteBuffer.allocateDirect(values.size * 8).order(ByteOrder.nativeOrder())
+                    .also { b -> values.forEach { b.putLong(it.toLong()) } }
+                ManifestValues.DTYPE_INT32 -> ByteBuffer.allocateDirect(values.size * 4).order(ByteOrder.nativeOrder())
+                    .also { b -> values.forEach { b.putInt(it) } }
+                else -> throw IllegalArgumentException("${file.path}: input dtype ${spec.dtype} not supported")
+            }
+            buffer.rewind()
+            inputs[index] = buffer
+        }
+        val out = interpreter.getOutputTensor(0)
+        val outBuffer = ByteBuffer.allocateDirect(out.numBytes()).order(ByteOrder.nativeOrder())
+        interpreter.runForMultipleInputsOutputs(inputs, mapOf(0 to outBuffer))
+        outBuffer.rewind()
+        val count = out.numElements()
+        return when (out.dataType()) {
+            DataType.FLOAT32 -> FloatArray(count) { outBuffer.float }
+            DataType.INT8 -> { // a fully quantized model: dequantize with the tensor's own parameters
+                val q = out.quantizationParams()
+                FloatArray(count) { (outBuffer.get().toInt() - q.zeroPoint) * q.scale }
+            }
+            else -> throw IllegalStateException("${file.path}: output dtype ${out.dataType()} not supported")
+        }
+    }
+
+    override fun close() = interpreter.close()
+}

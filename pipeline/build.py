@@ -1,0 +1,300 @@
+"""`pipeline build`: the composition of the stages for one target.
+
+    model -> data -> reference -> trace -> [quantize] -> lower (ExecuTorch, TFLite) -> validate -> bundle
+
+Lowered files and runtime outputs are cached by content hash (pipeline/cache.py), so a rebuild with
+nothing changed, or with only thresholds changed, re-runs no lowering. The target folder is replaced
+only when every artifact passed validation.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from pipeline.artifact import Artifact, TensorSpec
+from pipeline.cache import StageCache, content_key, pid_alive, remove_stale
+from pipeline.config import PipelineConfig
+from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods
+from pipeline.errors import DriftError, PipelineError
+from pipeline.model.checkpoint import LoadedModel, load_checkpoint
+from pipeline.model.default import default_model_dir
+from pipeline.report import drift_table, write_reports
+from pipeline.stages import bundle as bundle_stage
+from pipeline.stages.trace import reference_logits, trace
+from pipeline.stages.validate import ArtifactResult, compare, check_thresholds, run_artifact
+from pipeline.tokenization import Encoded, encode
+
+Log = Callable[[str], None]
+CHECK_ROWS = 8  # rows used to prove the export model matches the reference before lowering
+
+
+class StageTimer:
+    def __init__(self, log: Log):
+        self.log = log
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.log(f"[{stage}] ...")
+        began = time.perf_counter()
+        yield
+        self.timings[stage] = round(time.perf_counter() - began, 2)
+        self.log(f"[{stage}] done in {self.timings[stage]:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
+
+
+@contextlib.contextmanager
+def build_lock(out_root: Path, target: str) -> Iterator[None]:
+    """One build per output folder and target at a time: a second one refuses instead of interleaving."""
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        handle = open(out_root / f".{target}.lock", "w")
+    except OSError as err:
+        raise PipelineError(f"output folder is not writable ({err.strerror})", out_root) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise PipelineError(f"another build is writing {target} artifacts here; wait for it to finish", out_root) from None
+    try:
+        recover_leftovers(out_root, target)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def recover_leftovers(out_root: Path, target: str) -> None:
+    """Under the lock: clear what killed builds of this target left (their pid is in the name), never a live one's.
+
+    Work folders are deleted (they are never read). A previous target folder that a build killed mid-swap
+    (bundle.replace_folder) had moved aside is put back when the target folder is missing.
+    """
+    remove_stale(out_root, f".{target}-work-")
+    final = out_root / target
+    for old in sorted(out_root.glob(f".{target}.old-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if not final.exists():
+                os.replace(old, final)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def load_build_data(config: PipelineConfig, model: LoadedModel, is_default: bool) -> tuple[LabeledTexts, LabeledTexts]:
+    """(calibration, eval) texts: the user's files, else small_fine_foods (train for calibration, test for eval)."""
+    b = config.build
+    names = model.label_names
+    if b.eval_data:
+        evaluation = load_labeled_file(b.eval_data, names, b.text_column, b.label_column)
+    else:
+        evaluation = load_small_fine_foods("test")
+        if names != evaluation.label_names:  # another model's labels: the reviews serve as unlabeled text
+            evaluation = LabeledTexts(evaluation.texts, None, names, evaluation.source + " (texts only)")
+    if b.calibration_data:
+        calibration = load_labeled_file(b.calibration_data, names, b.text_column, with_labels=False)
+    else:
+        calibration = load_small_fine_foods("train")
+        calibration = LabeledTexts(calibration.texts, None, names, calibration.source)
+    evaluation = evaluation.head(b.eval_limit)
+    if len(evaluation) == 0:
+        raise PipelineError("the eval set is empty", b.eval_data or evaluation.source)
+    if len(calibration) == 0:
+        raise PipelineError("the calibration set is empty", b.calibration_data)
+    return calibration, evaluation
+
+
+def _artifact_from(entry: Path, meta: dict, workdir: Path) -> Artifact:
+    target = workdir / meta["file"]
+    shutil.copy2(entry / meta["file"], target)
+    return Artifact(target, meta["runtime"], meta["precision"], [TensorSpec(**t) for t in meta["inputs"]],
+                    [TensorSpec(**t) for t in meta["outputs"]], meta["details"])
+
+
+def _artifact_meta(artifact: Artifact) -> dict:
+    return {"file": artifact.file_name, "runtime": artifact.runtime, "precision": artifact.precision,
+            "inputs": [t.to_dict() for t in artifact.inputs], "outputs": [t.to_dict() for t in artifact.outputs],
+            "details": artifact.details}
+
+
+def lower_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, check: Encoded, workdir: Path,
+              cache: StageCache, timer: StageTimer, log: Log) -> list[Artifact]:
+    """Every (runtime, precision) artifact the config asks for, from the cache where possible."""
+    from pipeline.stages.bundle import tool_versions
+
+    b = config.build
+    versions = tool_versions()
+    base_key = [model.source_sha256, b.max_length, versions, b.name]
+    calibration_key = content_key(calibration.input_ids.tolist()[: config.quantize.calibration_samples])
+    artifacts: list[Artifact] = []
+    traced = None
+
+    def traced_model():
+        nonlocal traced
+        if traced is None:
+            with timer("trace"):
+                traced = trace(model, check)
+                log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {len(check)} rows")
+        return traced
+
+    if "executorch" in b.runtimes:
+        from pipeline.stages.executorch import lower_executorch
+        from pipeline.stages.quantize import quantize
+
+        for precision in b.precisions:
+            key = content_key(base_key, "executorch", precision, asdict(config.quantize), calibration_key)
+            hit = cache.get("executorch", key)
+            name = f"{b.name}.{precision}.pte"
+            if hit:
+                artifacts.append(_artifact_from(*hit, workdir))
+                log(f"[lower] {name}: cached")
+                continue
+            t = traced_model()
+            if precision == "fp32":
+                with timer(f"lower {name}"):
+                    artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels)
+            elif precision == "int8":
+                with timer(f"quantize {name}"):
+                    quantized = quantize(model, t, calibration, config.quantize)
+                with timer(f"lower {name}"):
+                    artifact = lower_executorch(quantized.exported, workdir / name, "int8", t.input_names,
+                                                model.spec.num_labels)
+                artifact.details["quantization"] = quantized.settings
+            else:
+                raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
+            check_size(artifact, model)
+            cache.put("executorch", key, {name: artifact.path}, _artifact_meta(artifact))
+            artifacts.append(artifact)
+
+    if "litert" in b.runtimes:
+        from pipeline.stages.tflite import lower_tflite
+
+        key = content_key(base_key, "litert", asdict(config.tflite), b.precisions, calibration_key)
+        hit = cache.get("litert", key)
+        if hit:
+            entry, meta = hit
+            for item in meta["artifacts"]:
+                artifacts.append(_artifact_from(entry, item, workdir))
+            log(f"[lower] {', '.join(i['file'] for i in meta['artifacts'])}: cached")
+        else:
+            with timer("lower tflite"):
+                made = lower_tflite(model, config.tflite, b.max_length, workdir, calibration, check, name=b.name, log=log)
+            made = [a for a in made if a.precision.split("-")[0] in b.precisions]
+            for artifact in made:
+                check_size(artifact, model)
+            cache.put("litert", key, {a.file_name: a.path for a in made}, {"artifacts": [_artifact_meta(a) for a in made]})
+            artifacts.extend(made)
+    if not artifacts:
+        raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
+    return artifacts
+
+
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+SIZE_SLACK = 1.25  # file bytes may exceed parameters x bytes-per-weight by this factor (scales, fp32 norms)
+FILE_OVERHEAD = 256 * 1024  # program / flatbuffer metadata, independent of the model's size
+
+
+def check_size(artifact: Artifact, model: LoadedModel) -> None:
+    """Shared layers must stay shared: a file larger than its parameter count allows fails the build."""
+    per_weight = BYTES_PER_WEIGHT.get(artifact.precision.split("-")[0], 4)
+    limit = SIZE_SLACK * model.num_parameters * per_weight + FILE_OVERHEAD
+    size = artifact.path.stat().st_size
+    artifact.details["size_limit_bytes"] = int(limit)
+    if size > limit:
+        raise PipelineError(
+            f"{size:,} bytes exceeds {SIZE_SLACK} x {model.num_parameters:,} parameters x {per_weight} B + "
+            f"{FILE_OVERHEAD // 1024} KiB ({int(limit):,}): weights were duplicated (shared layers stored more than once?)", artifact.path)
+
+
+def validate_cached(artifacts: list[Artifact], evaluation: Encoded, reference: np.ndarray, labels, config: PipelineConfig,
+                    cache: StageCache, timer: StageTimer, log: Log) -> list[ArtifactResult]:
+    """Run every artifact on the eval rows (runtime outputs cached by artifact hash + eval data) and gate it."""
+    from pipeline.data import sha256_file
+
+    eval_key = content_key(evaluation.input_ids.tolist())
+    results = []
+    with timer("validate"):
+        for artifact in artifacts:
+            key = content_key(sha256_file(artifact.path), artifact.runtime, eval_key)
+            hit = cache.get("outputs", key)
+            if hit:
+                logits = np.load(hit[0] / "logits.npy")
+                latencies = hit[1]["latencies"]
+            else:
+                logits, latencies = run_artifact(artifact, evaluation)
+                with tempfile.TemporaryDirectory() as tmp:
+                    np.save(Path(tmp) / "logits.npy", logits)
+                    cache.put("outputs", key, {"logits.npy": Path(tmp) / "logits.npy"}, {"latencies": latencies})
+            metrics = compare(logits, reference, labels, latencies)
+            limits = config.thresholds.for_artifact(artifact.file_name, artifact.precision)
+            result = ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
+            results.append(result)
+            log(f"  {artifact.file_name}: {'PASS' if result.passed else 'FAIL'}"
+                + ("" if result.passed else " — " + "; ".join(result.failures)))
+    return results
+
+
+def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
+    b = config.build
+    timer = StageTimer(log)
+    out_root = Path(b.out_dir)
+    is_default = b.model_dir is None
+    model_dir = Path(b.model_dir) if b.model_dir else default_model_dir()
+    log(f"build: target {b.target}, model {model_dir}, max_length {b.max_length}, out {out_root / b.target}")
+    with timer("model"):
+        model = load_checkpoint(model_dir, b.max_length)
+        log(f"  {model.num_parameters:,} parameters; reference {model.reference_kind}")
+    with timer("data"):
+        calibration_texts, eval_texts = load_build_data(config, model, is_default)
+        evaluation = encode(model.tokenizer, eval_texts.texts, b.max_length)
+        calibration = encode(model.tokenizer, calibration_texts.texts[: config.quantize.calibration_samples], b.max_length)
+        log(f"  eval: {len(evaluation)} texts from {eval_texts.source} ({evaluation.truncated} truncated to "
+            f"{b.max_length} tokens); calibration: {len(calibration)} texts from {calibration_texts.source}")
+    cache = StageCache(b.cache_dir, enabled=use_cache, log=log)
+    with build_lock(out_root, b.target):
+        with timer("reference"):
+            key = content_key(model.source_sha256, evaluation.input_ids.tolist(), "reference")
+            hit = cache.get("reference", key)
+            if hit:
+                reference = np.load(hit[0] / "reference.npy")
+            else:
+                reference = reference_logits(model, evaluation)
+                with tempfile.TemporaryDirectory() as tmp:
+                    np.save(Path(tmp) / "reference.npy", reference)
+                    cache.put("reference", key, {"reference.npy": Path(tmp) / "reference.npy"}, {})
+            if eval_texts.labels is not None:
+                log(f"  float reference accuracy {float((reference.argmax(1) == np.array(eval_texts.labels)).mean()):.4f}")
+        check = Encoded(evaluation.input_ids[:CHECK_ROWS], evaluation.attention_mask[:CHECK_ROWS],
+                        evaluation.token_type_ids[:CHECK_ROWS], 0)
+        workdir = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{b.target}-work-{os.getpid()}-"))
+        try:
+            artifacts = lower_all(config, model, calibration, check, workdir, cache, timer, log)
+            results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log)
+            for line in drift_table(results):
+                log(line)
+            failures = [f for r in results for f in r.failures]
+            if failures:
+                failed = out_root / f"{b.target}.failed"
+                write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
+                              {"target": b.target, "eval data": eval_texts.source})
+                log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
+                raise DriftError(failures)
+            with timer("bundle"):
+                extra = {"stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
+                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated}}
+                final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,
+                                            reference, out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log(f"artifacts: {final.resolve()}")
+    return final

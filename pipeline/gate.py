@@ -1,0 +1,251 @@
+"""`pipeline validate`: the CI gate over an existing artifact folder.
+
+    1. manifest.json: every file listed exists, and its size and sha256 match       (else exit 2, file named)
+    2. the float reference: the checkpoint the manifest names (or --model), whose
+       hash must equal the manifest's model.source_sha256                            (else exit 2)
+    3. the eval data: as recorded in the manifest (or --eval-data), never empty     (else exit 2)
+    4. every model file in its real runtime vs the float reference, thresholds from
+       --thresholds (TOML) or the defaults; a runtime that is missing or cannot run
+       the file is exit 2, never a skip                                              (drift: exit 1)
+    5. for a failing int8 ExecuTorch file: where the error starts (stages/localize.py);
+       with --auto-fallback, the most sensitive modules are kept float until the
+       thresholds hold and the file, golden.json and the manifest are rewritten
+       atomically (stages/fallback.py)
+    6. report.json / report.md / report.junit.xml / PNGs into the folder (or --report-dir)
+
+Thresholds come from the file given or the defaults, deliberately not from the manifest: a folder must
+not be able to loosen its own gate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.artifact import Artifact, TensorSpec
+from pipeline.config import ThresholdConfig, load_thresholds
+from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
+from pipeline.errors import DriftError, PipelineError
+from pipeline.stages.validate import ArtifactResult, check_thresholds, compare, run_artifact
+from pipeline.tokenization import Encoded, encode
+
+Log = Callable[[str], None]
+MODEL_SUFFIXES = (".pte", ".tflite")
+LOCALIZE_ROWS = 32
+
+
+def read_manifest(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise PipelineError("artifact folder not found", folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise PipelineError("no manifest.json: not an artifact folder made by `pipeline build`", folder)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"not valid JSON ({err})", path) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or "model" not in manifest:
+        raise PipelineError("manifest has no 'files' list or no 'model' section", path)
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict) -> int:
+    """Every listed file exists with the recorded size and sha256; no model file is left unlisted."""
+    listed = set()
+    for entry in manifest["files"]:
+        name = entry.get("path")
+        if not name or Path(name).name != name:
+            raise PipelineError(f"manifest entry with a bad path {name!r}", folder / "manifest.json")
+        listed.add(name)
+        path = folder / name
+        if not path.is_file():
+            raise PipelineError("listed in manifest.json but missing", path)
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise PipelineError(f"size {size} bytes does not match the manifest's {entry.get('bytes')}", path)
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise PipelineError(f"sha256 mismatch: file {digest}, manifest {entry.get('sha256')} "
+                                "(the file was changed after the build)", path)
+    unlisted = sorted(p.name for p in folder.iterdir() if p.suffix in MODEL_SUFFIXES and p.name not in listed)
+    if unlisted:
+        raise PipelineError(f"model file(s) not in manifest.json: {unlisted}", folder)
+    return len(listed)
+
+
+def model_entries(manifest: dict) -> list[dict]:
+    entries = [e for e in manifest["files"] if e.get("runtime") is not None]
+    if not entries:
+        raise PipelineError("manifest lists no model files: nothing to validate")
+    return entries
+
+
+def artifact_from_entry(folder: Path, entry: dict) -> Artifact:
+    try:
+        return Artifact(folder / entry["path"], entry["runtime"], entry["precision"],
+                        [TensorSpec(**t) for t in entry["inputs"]], [TensorSpec(**t) for t in entry["outputs"]],
+                        dict(entry.get("details") or {}))
+    except (KeyError, TypeError) as err:
+        raise PipelineError(f"manifest entry for {entry.get('path')} is incomplete ({err})") from None
+
+
+def load_reference(manifest: dict, model_dir: str | None):
+    """The float reference the artifacts were built from, proven by its hash."""
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.default import DEFAULT_MODEL_DIR
+
+    recorded = manifest["model"]
+    candidates = [Path(model_dir)] if model_dir else [Path(recorded.get("source", ""))]
+    if not model_dir and recorded.get("name") == DEFAULT_MODEL_DIR.name and not candidates[0].is_dir():
+        candidates.append(DEFAULT_MODEL_DIR)  # the embedded default, built on another machine
+    path = next((c for c in candidates if c.is_dir()), candidates[0])
+    model = load_checkpoint(path, recorded.get("max_length"))
+    if model.source_sha256 != recorded.get("source_sha256"):
+        raise PipelineError(f"checkpoint hash {model.source_sha256[:16]}... is not the manifest's "
+                            f"{str(recorded.get('source_sha256'))[:16]}...: not the model these artifacts were built from",
+                            path)
+    return model
+
+
+def load_eval(source: str | None, eval_data: str | None, label_names: list[str]) -> LabeledTexts:
+    """--eval-data, else what the manifest records: 'small_fine_foods:<split>[ (texts only)]' or a file path."""
+    if eval_data:
+        return load_labeled_file(eval_data, label_names)
+    if not source:
+        raise PipelineError("the manifest records no eval data; pass --eval-data")
+    if source.startswith("small_fine_foods:"):
+        split = source.split(":", 1)[1].split(" ", 1)[0]
+        if split not in ("train", "test"):
+            raise PipelineError(f"unknown small_fine_foods split in manifest eval_data {source!r}")
+        texts = load_small_fine_foods(split)
+        if label_names != texts.label_names or source.endswith("(texts only)"):
+            texts = LabeledTexts(texts.texts, None, label_names, texts.source + " (texts only)")
+        return texts
+    return load_labeled_file(source, label_names)
+
+
+def load_calibration(manifest: dict, calibration_data: str | None, label_names: list[str]) -> LabeledTexts:
+    """The calibration texts of the build: --calibration-data, manifest calibration.source, else small_fine_foods:train."""
+    source = calibration_data or (manifest.get("calibration") or {}).get("source") or "small_fine_foods:train"
+    if source.startswith("small_fine_foods:"):
+        texts = load_small_fine_foods(source.split(":", 1)[1].split(" ", 1)[0])
+    else:
+        texts = load_labeled_file(source, label_names, with_labels=False)
+    return LabeledTexts(texts.texts, None, label_names, texts.source)
+
+
+def run_one(artifact: Artifact, encoded: Encoded, reference: np.ndarray, labels, thresholds: ThresholdConfig,
+            log: Log) -> ArtifactResult:
+    try:
+        logits, latencies = run_artifact(artifact, encoded)
+    except PipelineError:
+        raise
+    except Exception as err:  # a runtime that loads the file but cannot run it is an unusable artifact
+        raise PipelineError(f"{artifact.runtime} cannot run the artifact ({type(err).__name__}: {err})",
+                            artifact.path) from None
+    if logits.shape != reference.shape:
+        raise PipelineError(f"output shape {list(logits.shape)} does not match the reference's {list(reference.shape)}",
+                            artifact.path)
+    metrics = compare(logits, reference, labels, latencies)
+    limits = thresholds.for_artifact(artifact.file_name, artifact.precision)
+    result = ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
+    log(f"  {artifact.file_name} ({artifact.runtime}): {'PASS' if result.passed else 'FAIL'}"
+        + ("" if result.passed else " - " + "; ".join(result.failures)))
+    return result
+
+
+def localizable(result: ArtifactResult) -> bool:
+    a = result.artifact
+    return (not result.passed and a.runtime == "executorch" and a.precision.startswith("int8")
+            and (a.details.get("quantization") or {}).get("scheme") == "pt2e-static")
+
+
+def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
+    from pipeline.report import plot_layer_errors, drift_table, write_reports
+    from pipeline.stages.trace import reference_logits
+
+    folder = Path(args.artifacts)
+    report_dir = Path(getattr(args, "report_dir", None) or folder)
+    manifest = read_manifest(folder)
+    log(f"validate: {folder}")
+    count = verify_files(folder, manifest)
+    log(f"  {count} files: sizes and sha256 match manifest.json")
+    entries = model_entries(manifest)
+    model = load_reference(manifest, getattr(args, "model_dir", None))
+    log(f"  float reference {model.model_dir} ({model.reference_kind}), hash matches the manifest")
+    if getattr(args, "thresholds", None):
+        thresholds, thresholds_source = load_thresholds(args.thresholds), str(args.thresholds)
+    else:
+        thresholds, thresholds_source = ThresholdConfig(), "defaults (pipeline/config.py)"
+    texts = load_eval(manifest.get("eval_data"), getattr(args, "eval_data", None), model.label_names)
+    limit = getattr(args, "eval_limit", None)
+    if limit is None and not getattr(args, "eval_data", None):
+        limit = (manifest.get("eval") or {}).get("rows")  # the rows the build validated on
+    texts = texts.head(limit)
+    if len(texts) == 0:
+        raise PipelineError("the eval set is empty: nothing to validate against", getattr(args, "eval_data", None) or texts.source)
+    max_length = int(manifest["model"]["max_length"])
+    encoded = encode(model.tokenizer, texts.texts, max_length)
+    reference = reference_logits(model, encoded)
+    log(f"  eval: {len(encoded)} texts from {texts.source}; thresholds: {thresholds_source}")
+
+    results = [run_one(artifact_from_entry(folder, e), encoded, reference, texts.labels, thresholds, log) for e in entries]
+    localizations = {}
+    calibration = None
+    for result in results:
+        if not localizable(result):
+            continue
+        from pipeline.stages import localize as loc
+
+        try:
+            if calibration is None:
+                calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)
+            recipe = loc.Recipe.from_details(result.artifact.details)
+            cal = encode(model.tokenizer, calibration.texts[: recipe.config.calibration_samples], max_length)
+            example = tuple(__import__("torch").from_numpy(encoded.row(0)[t.name]) for t in result.artifact.inputs)
+            found = loc.localize(model.export_model, example, [t.name for t in result.artifact.inputs], recipe, cal,
+                                 encoded, result.logits, LOCALIZE_ROWS)
+        except PipelineError as err:
+            result.artifact.details["localization"] = f"not available: {err}"
+            log(f"  localization of {result.artifact.file_name} not available: {err}")
+            continue
+        localizations[result.artifact.file_name] = found
+        result.artifact.details["localization"] = found.markdown()
+        result.artifact.details["localization_data"] = found.to_dict()
+        log(f"  {result.artifact.file_name}: error starts at {found.start['label']} ({found.start['module']}, "
+            f"local error {found.start['local_error']:.1%})")
+
+    context = {"artifacts": str(folder), "target": manifest.get("target"), "eval data": texts.source,
+               "rows": len(encoded), "thresholds": thresholds_source,
+               "reference": f"{model.model_dir} (sha256 {model.source_sha256[:16]}..., verified)",
+               "files verified": count}
+    if getattr(args, "auto_fallback", False) and any(not r.passed for r in results):
+        from pipeline.stages.fallback import fallback_folder
+
+        if calibration is None:
+            calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)
+        results = fallback_folder(folder, manifest, model, results, localizations, encoded, texts, reference,
+                                  calibration, thresholds, log)
+        context["auto-fallback"] = "; ".join(f"{r.artifact.file_name}: kept float {r.artifact.details['fallback']['kept_float']}"
+                                             for r in results if "fallback" in r.artifact.details) or "nothing to fix"
+
+    write_reports(report_dir, results, reference, f"Drift gate: {folder}", context)
+    extra = {"thresholds_used": {"source": thresholds_source,
+                                 "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}},
+             "localization": {name: l.to_dict() for name, l in localizations.items()}}
+    data = json.loads((report_dir / "report.json").read_text())
+    data.update(extra)
+    (report_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    if localizations:
+        plot_layer_errors({name: l.profile for name, l in localizations.items()}, report_dir / "report_layer_error.png")
+    for line in drift_table(results):
+        log(line)
+    failures = [f for r in results for f in r.failures]
+    if failures:
+        log(f"validation FAILED: {len(failures)} threshold(s) exceeded; report in {report_dir}")
+        raise DriftError(failures)
+    log(f"validation passed: {len(results)} artifact(s) within thresholds; report in {report_dir}")
+    return 0

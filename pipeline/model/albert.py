@@ -1,0 +1,303 @@
+"""An export-friendly ALBERT: the same math as transformers' AlbertForSequenceClassification, written so
+that every op of the transformer lowers into one XNNPACK delegate (see ../shared/TOOLCHAIN.md):
+
+- the additive attention mask is computed once, as float, from the int mask (no int64 scalar arithmetic);
+- attention is 3-D `bmm` with the heads folded into the batch dimension;
+- LayerNorm is written out (mean via a global average pool) because `native_layer_norm` is never delegated;
+- GELU is `nn.GELU` (XNNPACK computes the exact form; tanh-GELU is written out with delegable ops);
+- tables are sliced (`weight[:S]`), [CLS] is `x[:, 0:1]`.
+
+Module and parameter names mirror Hugging Face's, so an HF state dict loads as is. Layer sharing is
+kept: one `AlbertLayer` object serves every layer that uses it, so `torch.export` stores it once.
+An optional recurrent front end (GRU, see `recurrent.py`) runs over the embeddings before the encoder.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
+MASK_VALUE = -1e4  # additive mask; exp(-1e4) underflows to exactly 0 in fp32 like HF's finfo.min
+
+
+@dataclass
+class AlbertSpec:
+    """The architecture fields of an HF AlbertConfig that the export model needs."""
+
+    vocab_size: int
+    embedding_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_hidden_groups: int
+    inner_group_num: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    num_labels: int
+    recurrent: str | None = None  # None or "gru": this project's recurrent variant
+
+    @classmethod
+    def from_hf_config(cls, config: Any) -> "AlbertSpec":
+        return cls(
+            vocab_size=config.vocab_size,
+            embedding_size=config.embedding_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_hidden_groups=config.num_hidden_groups,
+            inner_group_num=config.inner_group_num,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            hidden_act=config.hidden_act,
+            max_position_embeddings=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            layer_norm_eps=config.layer_norm_eps,
+            num_labels=config.num_labels,
+            recurrent=getattr(config, "recurrent", None),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta over the last dim, written with delegable ops."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Worked in 4-D: a mean over (-2, -1) of x[..., None] is a global average pool for XNNPACK, while
+        # mean(-1) and squeeze are not delegated and would split the graph into many delegates.
+        x4 = x.unsqueeze(-1)
+        centred = x4 - x4.mean((-2, -1), keepdim=True)
+        var = (centred * centred).mean((-2, -1), keepdim=True)
+        normed = (centred / torch.sqrt(var + self.eps)).view(x.shape)
+        return normed * self.weight + self.bias
+
+
+class TanhGELU(nn.Module):
+    """GELU's tanh approximation (HF `gelu_new`) with delegable ops: x*x*x instead of pow(x, 3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
+        return 0.5 * x * (1.0 + torch.tanh(inner))
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return TanhGELU()
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"hidden_act {name!r} is not supported; supported: {SUPPORTED_ACTIVATIONS}")
+
+
+class AlbertEmbeddings(nn.Module):
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(spec.vocab_size, spec.embedding_size)
+        self.position_embeddings = nn.Embedding(spec.max_position_embeddings, spec.embedding_size)
+        self.token_type_embeddings = nn.Embedding(spec.type_vocab_size, spec.embedding_size)
+        self.LayerNorm = LayerNorm(spec.embedding_size, spec.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        words = self.word_embeddings(input_ids)
+        positions = self.position_embeddings.weight[:seq_len].view(1, seq_len, -1)
+        if token_type_ids is None:
+            types = self.token_type_embeddings.weight[0:1].view(1, 1, -1)
+        else:
+            types = self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(words + positions + types)
+
+
+class AlbertAttention(nn.Module):
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.num_heads = spec.num_attention_heads
+        self.head_size = spec.hidden_size // spec.num_attention_heads
+        self.query = nn.Linear(spec.hidden_size, spec.hidden_size)
+        self.key = nn.Linear(spec.hidden_size, spec.hidden_size)
+        self.value = nn.Linear(spec.hidden_size, spec.hidden_size)
+        self.dense = nn.Linear(spec.hidden_size, spec.hidden_size)
+        self.LayerNorm = LayerNorm(spec.hidden_size, spec.layer_norm_eps)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        x = x.view(batch, seq, self.num_heads, self.head_size).transpose(1, 2)
+        return x.reshape(batch * self.num_heads, seq, self.head_size)
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = hidden.shape
+        scale = 1.0 / math.sqrt(self.head_size)
+        query = self._split_heads(self.query(hidden) * scale)
+        key = self._split_heads(self.key(hidden))
+        value = self._split_heads(self.value(hidden))
+        scores = torch.bmm(query, key.transpose(1, 2))  # [B*heads, S, S]
+        scores = scores.view(batch, self.num_heads, seq, seq) + additive_mask
+        probs = torch.softmax(scores, dim=-1).view(batch * self.num_heads, seq, seq)
+        context = torch.bmm(probs, value)
+        context = context.view(batch, self.num_heads, seq, self.head_size).transpose(1, 2).reshape(batch, seq, width)
+        return self.LayerNorm(hidden + self.dense(context))
+
+
+class AlbertLayer(nn.Module):
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.attention = AlbertAttention(spec)
+        self.ffn = nn.Linear(spec.hidden_size, spec.intermediate_size)
+        self.ffn_output = nn.Linear(spec.intermediate_size, spec.hidden_size)
+        self.activation = make_activation(spec.hidden_act)
+        self.full_layer_layer_norm = LayerNorm(spec.hidden_size, spec.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(hidden, additive_mask)
+        ffn = self.ffn_output(self.activation(self.ffn(attended)))
+        return self.full_layer_layer_norm(attended + ffn)
+
+
+class AlbertLayerGroup(nn.Module):
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.albert_layers = nn.ModuleList([AlbertLayer(spec) for _ in range(spec.inner_group_num)])
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.albert_layers:
+            hidden = layer(hidden, additive_mask)
+        return hidden
+
+
+class AlbertEncoder(nn.Module):
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.num_hidden_layers = spec.num_hidden_layers
+        self.num_hidden_groups = spec.num_hidden_groups
+        self.embedding_hidden_mapping_in = nn.Linear(spec.embedding_size, spec.hidden_size)
+        self.albert_layer_groups = nn.ModuleList([AlbertLayerGroup(spec) for _ in range(spec.num_hidden_groups)])
+
+    def group_for_layer(self, index: int) -> int:
+        # HF: int(i / (num_hidden_layers / num_hidden_groups))
+        return int(index / (self.num_hidden_layers / self.num_hidden_groups))
+
+    def forward(
+        self, embedded: torch.Tensor, additive_mask: torch.Tensor, collect: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        hidden = self.embedding_hidden_mapping_in(embedded)
+        if collect is not None:
+            collect.append(hidden)
+        for index in range(self.num_hidden_layers):
+            hidden = self.albert_layer_groups[self.group_for_layer(index)](hidden, additive_mask)
+            if collect is not None:
+                collect.append(hidden)
+        return hidden
+
+
+class AlbertBody(nn.Module):
+    """HF's `AlbertModel` (the `albert.` prefix of the state dict)."""
+
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.embeddings = AlbertEmbeddings(spec)
+        self.encoder = AlbertEncoder(spec)
+        self.pooler = nn.Linear(spec.hidden_size, spec.hidden_size)
+
+
+class ExportAlbert(nn.Module):
+    """AlbertForSequenceClassification for export: (input_ids, attention_mask[, token_type_ids]) -> logits."""
+
+    def __init__(self, spec: AlbertSpec):
+        super().__init__()
+        self.spec = spec
+        self.albert = AlbertBody(spec)
+        self.classifier = nn.Linear(spec.hidden_size, spec.num_labels)
+        self.recurrent: nn.Module | None = None
+        if spec.recurrent is not None:
+            from pipeline.model.recurrent import make_recurrent
+
+            self.recurrent = make_recurrent(spec.recurrent, spec.embedding_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.classify(input_ids, attention_mask, token_type_ids)
+
+    def classify(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        collect: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        batch, seq_len = input_ids.shape
+        additive_mask = (1.0 - attention_mask.to(torch.float32)).view(batch, 1, 1, seq_len) * MASK_VALUE
+        embedded = self.albert.embeddings(input_ids, token_type_ids)
+        if self.recurrent is not None:
+            embedded = self.recurrent(embedded)
+        hidden = self.albert.encoder(embedded, additive_mask, collect)
+        pooled = torch.tanh(self.albert.pooler(hidden[:, 0:1, :]))
+        return self.classifier(pooled).view(batch, -1)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (shared layers counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def check_spec(spec: AlbertSpec) -> None:
+    if spec.hidden_act not in SUPPORTED_ACTIVATIONS:
+        raise ValueError(f"hidden_act {spec.hidden_act!r} is not supported; supported: {SUPPORTED_ACTIVATIONS}")
+    if spec.hidden_size % spec.num_attention_heads:
+        raise ValueError("hidden_size must be a multiple of num_attention_heads")
+    if spec.num_hidden_layers % spec.num_hidden_groups:
+        raise ValueError("num_hidden_layers must be a multiple of num_hidden_groups")
+
+
+def export_model_from_state(spec: AlbertSpec, state_dict: dict[str, torch.Tensor]) -> ExportAlbert:
+    """Build the export model and load HF-named weights (strictly, ignoring HF's non-parameter buffers)."""
+    check_spec(spec)
+    model = ExportAlbert(spec)
+    wanted = model.state_dict()
+    state = {k: v for k, v in state_dict.items() if k in wanted}
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise KeyError(f"weights missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    tie_identical_submodules(model)
+    return model.eval()
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb))
+
+
+def tie_identical_submodules(model: ExportAlbert) -> None:
+    """Share attention / FFN blocks whose weights are identical across layer groups.
+
+    HF's config can only say "share whole layers" (num_hidden_groups); ALBERT's attention-only and
+    FFN-only sharing is stored as identical copies in the checkpoint. Tying them here makes every
+    exported file store them once.
+    """
+    layers = [layer for group in model.albert.encoder.albert_layer_groups for layer in group.albert_layers]
+    for index, layer in enumerate(layers):
+        for earlier in layers[:index]:
+            if layer.attention is not earlier.attention and _same_weights(layer.attention, earlier.attention):
+                layer.attention = earlier.attention
+            for name in ("ffn", "ffn_output"):
+                mine, theirs = getattr(layer, name), getattr(earlier, name)
+                if mine is not theirs and _same_weights(mine, theirs):
+                    setattr(layer, name, theirs)

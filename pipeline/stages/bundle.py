@@ -1,0 +1,155 @@
+"""Bundle stage: the artifact folder an app consumes, written whole to a temporary folder, then moved into place.
+
+<out>/<target>/  model files, tokenizer files, labels.json, golden.json, manifest.json, report.*
+The manifest is the single source of truth for the apps and for CI (see DESIGN.md, "Artifact contract").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import sha256_file
+from pipeline.model.checkpoint import LoadedModel
+from pipeline.report import result_dict, write_reports
+from pipeline.stages.validate import ArtifactResult
+from pipeline.tokenization import Encoded, tokenizer_files
+
+SCHEMA_VERSION = 1
+VERSION_PACKAGES = ("torch", "executorch", "torchao", "transformers", "tokenizers", "numpy", "onnx", "onnxruntime",
+                    "onnxscript", "onnxslim", "onnx2tf", "tensorflow", "ai-edge-litert", "litert-torch", "sentencepiece")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_MODEL_DIRS = {
+    "android": REPO_ROOT / "android_demo" / "app" / "src" / "main" / "assets" / "model",
+    "ios": REPO_ROOT / "ios_demo" / "AlbertDemo" / "Resources" / "model",
+}
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSION_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
+    data = json.loads((model.model_dir / "tokenizer.json").read_text()) if (model.model_dir / "tokenizer.json").is_file() else {}
+    kind = {"WordPiece": "wordpiece", "Unigram": "sentencepiece"}.get(data.get("model", {}).get("type"), "unknown")
+    return {
+        "kind": kind,
+        "file": "tokenizer.json",
+        "max_length": max_length,
+        "lowercase": bool(getattr(model.tokenizer, "do_lower_case", False) or
+                          (data.get("normalizer") or {}).get("lowercase", False)),
+        "pad_id": model.tokenizer.pad_token_id,
+        "cls_id": model.tokenizer.cls_token_id,
+        "sep_id": model.tokenizer.sep_token_id,
+        "unk_id": model.tokenizer.unk_token_id,
+    }
+
+
+def golden_cases(results: list[ArtifactResult], encoded: Encoded, texts: list[str], count: int) -> dict:
+    cases = []
+    for index in range(min(count, len(encoded))):
+        cases.append({
+            "text": texts[index],
+            "input_ids": encoded.input_ids[index].tolist(),
+            "attention_mask": encoded.attention_mask[index].tolist(),
+            "token_type_ids": encoded.token_type_ids[index].tolist(),
+            "expected": {r.artifact.file_name: np.asarray(r.logits[index], dtype=float).round(6).tolist() for r in results},
+        })
+    # On a phone the same file runs on other CPU kernels: allow what the artifact was allowed against float.
+    tolerance = {r.artifact.file_name: max(1e-4, r.thresholds.max_abs_error) for r in results}
+    return {"max_length": int(encoded.input_ids.shape[1]), "tolerance": tolerance, "cases": cases}
+
+
+def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, results: list[ArtifactResult],
+             eval_source: str, extra: dict) -> dict:
+    files = []
+    for r in results:
+        entry = result_dict(r)
+        path = folder / r.artifact.file_name
+        entry.update({
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "bytes_per_parameter": round(path.stat().st_size / model.num_parameters, 4),
+            "inputs": [t.to_dict() for t in r.artifact.inputs],
+            "outputs": [t.to_dict() for t in r.artifact.outputs],
+        })
+        files.append(entry)
+    for name in ["labels.json", "golden.json", *(p.name for p in tokenizer_files(model.model_dir))]:
+        files.append({"path": name, "sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size,
+                      "runtime": None})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "target": target,
+        "model": {
+            "name": model.model_dir.name,
+            "params": int(model.num_parameters),
+            "source_sha256": model.source_sha256,
+            "source": str(model.model_dir),
+            "max_length": max_length,
+            "num_labels": len(model.label_names),
+            "architecture": model.spec.to_dict(),
+            "reference": model.reference_kind,
+        },
+        "tokenizer": tokenizer_info(model, max_length),
+        "labels": "labels.json",
+        "label_names": model.label_names,
+        "golden": "golden.json",
+        "eval_data": eval_source,
+        "versions": tool_versions(),
+        "files": files,
+        **extra,
+    }
+
+
+def replace_folder(staged: Path, final: Path) -> None:
+    """Swap `staged` into `final`; the previous folder stays whole until the new one is in place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle(model: LoadedModel, target: str, max_length: int, results: list[ArtifactResult], encoded: Encoded,
+           texts: list[str], reference: np.ndarray, out_root: Path, golden_count: int, eval_source: str,
+           extra: dict, copy_to_apps: bool) -> Path:
+    """Write <out_root>/<target>/ atomically and copy it into the target's demo app."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{target}-staging-"))
+    try:
+        for r in results:
+            shutil.copy2(r.artifact.path, staged / r.artifact.file_name)
+        for path in tokenizer_files(model.model_dir):
+            shutil.copy2(path, staged / path.name)
+        (staged / "labels.json").write_text(json.dumps(model.label_names) + "\n")
+        (staged / "golden.json").write_text(json.dumps(golden_cases(results, encoded, texts, golden_count)) + "\n")
+        write_reports(staged, results, reference, f"{model.model_dir.name} for {target}",
+                      {"target": target, "eval data": eval_source, "rows": len(encoded), "max_length": max_length})
+        (staged / "manifest.json").write_text(
+            json.dumps(manifest(model, target, max_length, staged, results, eval_source, extra), indent=2) + "\n")
+        final = out_root / target
+        replace_folder(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if copy_to_apps and target in APP_MODEL_DIRS and APP_MODEL_DIRS[target].parent.parent.exists():
+        app_dir = APP_MODEL_DIRS[target]
+        app_dir.parent.mkdir(parents=True, exist_ok=True)
+        app_staged = Path(tempfile.mkdtemp(dir=app_dir.parent, prefix=".model-staging-"))
+        shutil.copytree(final, app_staged, dirs_exist_ok=True)
+        replace_folder(app_staged, app_dir)
+    return final

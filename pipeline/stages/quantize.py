@@ -1,0 +1,85 @@
+"""Quantize stage: PT2E int8 for ExecuTorch, calibrated on real text.
+
+- linears (and the bmm/add/softmax around them): XNNPACKQuantizer, symmetric, per-channel weights,
+  static activations;
+- the word-embedding table: int8 per-row weights (EmbeddingQuantizer), lowered to
+  `quantized_decomposed::embedding_byte` (PT2E's default would leave the V x E table fp32, the bulk of the
+  file);
+- LayerNorm stays fp32 (quantizing its internals tripled the error in TOOLCHAIN's measurements).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.config import QuantizeConfig
+from pipeline.errors import PipelineError
+from pipeline.model.albert import LayerNorm, TanhGELU
+from pipeline.model.checkpoint import LoadedModel
+from pipeline.stages.trace import Traced
+from pipeline.tokenization import Encoded
+
+FLOAT_MODULE_TYPES = {"layernorm": LayerNorm, "gelu": (torch.nn.GELU, TanhGELU)}
+
+
+@dataclass
+class Quantized:
+    exported: torch.export.ExportedProgram
+    input_names: list[str]
+    calibration_rows: int
+    settings: dict = field(default_factory=dict)
+
+
+def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = None):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+    from torchao.quantization.pt2e.quantizer.embedding_quantizer import EmbeddingQuantizer
+
+    xnnpack = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    for kind in config.keep_float:
+        if kind not in FLOAT_MODULE_TYPES:
+            raise PipelineError(f"quantize.keep_float: unknown module kind {kind!r}; known: {sorted(FLOAT_MODULE_TYPES)}")
+        types = FLOAT_MODULE_TYPES[kind]
+        for module_type in types if isinstance(types, tuple) else (types,):
+            xnnpack.set_module_type(module_type, None)
+    for name in keep_float_names or []:
+        xnnpack.set_module_name(name, None)
+    parts = [EmbeddingQuantizer(), xnnpack] if config.quantize_embedding else [xnnpack]
+    return ComposableQuantizer(parts)
+
+
+def quantize(
+    model: LoadedModel,
+    traced: Traced,
+    calibration: Encoded,
+    config: QuantizeConfig,
+    keep_float_names: list[str] | None = None,
+) -> Quantized:
+    """PT2E prepare -> calibrate on `calibration` rows -> convert -> re-export."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if len(calibration) == 0:
+        raise PipelineError("no calibration texts")
+    rows = min(config.calibration_samples, len(calibration))
+    with torch.no_grad():
+        graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
+        prepared = prepare_pt2e(graph, make_quantizer(config, keep_float_names))
+        for index in range(rows):
+            row = calibration.row(index)
+            prepared(*(torch.from_numpy(np.ascontiguousarray(row[n])) for n in traced.input_names))
+        converted = convert_pt2e(prepared)
+        exported = torch.export.export(converted, traced.example_inputs, strict=False)
+    settings = {
+        "scheme": "pt2e-static",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 static",
+        "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
+        "kept_float": list(config.keep_float) + list(keep_float_names or []),
+        "calibration_rows": rows,
+    }
+    return Quantized(exported, traced.input_names, rows, settings)

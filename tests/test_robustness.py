@@ -1,0 +1,380 @@
+"""Robustness of `python -m pipeline build` (issue 7), always through real `python -m pipeline` processes.
+
+1. bad input -> exit 2, exactly one "error: <path>: <problem>" line, nothing written to the out folder
+2. a build interrupted mid-lowering (SIGINT, SIGKILL) leaves the previous artifact folder intact and valid
+3. a second build into the same out folder refuses (exit 2) while the first holds the lock; no interleaving
+4. the stage cache: an unchanged rebuild reuses every stage; a corrupted entry is detected and rebuilt
+
+Tiny models (tests/tiny.py), max_length 16, ExecuTorch fp32 only: one lowering is 30-60 s on a loaded 2-core box,
+so the whole module lowers three times (the session build, the concurrency test's build, the cache rebuild).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny import write_review_data, write_tiny_albert, write_tiny_bert
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LENGTH = "16"
+LOWERING = ("[lower albert.", "[quantize albert.")  # the lines build.py logs as a lowering stage starts
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "spiece.model")
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class Workspace:
+    """Tiny checkpoints, eval data and a config whose stage cache lives in the test's tmp dir."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.m0 = write_tiny_albert(root / "albert_seed0", seed=0)
+        self.m1 = write_tiny_albert(root / "albert_seed1", seed=1)
+        self.eval = write_review_data(root / "eval.csv", count=24)
+        self.cache = root / "stage_cache"
+        self.config = root / "build.toml"
+        self.config.write_text(f'[build]\ncache_dir = "{self.cache}"\nprecisions = ["fp32"]\n')
+        self.out = root / "out"
+
+    def build_args(self, model: Path, out: Path | None = None, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "pipeline", "build", "--target", "android", "--model", str(model),
+                "--out", str(out or self.out), "--max-length", MAX_LENGTH, "--eval-data", str(self.eval),
+                "--eval-limit", "20", "--runtimes", "executorch", "--no-copy-to-apps", "--config", str(self.config),
+                *extra]
+
+    def run(self, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=self.root, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+    def start(self, args: list[str]) -> "Running":
+        return Running(args, self.root)
+
+
+class Running:
+    """A build in the background whose stdout is read line by line (so the test can act at a given stage)."""
+
+    def __init__(self, args: list[str], cwd: Path):
+        self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.lines: list[str] = []
+        self._seen = threading.Event()
+        self._prefixes: tuple[str, ...] = ()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if self._prefixes and line.startswith(self._prefixes):
+                self._seen.set()
+        self._seen.set()  # EOF: the process ended
+
+    def wait_for(self, prefixes: tuple[str, ...], timeout: float = 300) -> None:
+        self._prefixes = prefixes
+        if any(line.startswith(prefixes) for line in self.lines):
+            return
+        self._seen.wait(timeout)
+        assert any(line.startswith(prefixes) for line in self.lines), (
+            f"the build never reached {prefixes}; rc {self.proc.poll()}\n" + self.output())
+
+    def finish(self, timeout: float = 600) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self._reader.join(10)
+            self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.finish(60)
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    def output(self) -> str:
+        return self.stdout + "\n--- stderr ---\n" + self.stderr_path.read_text()[-4000:]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def snapshot(folder: Path) -> dict:
+    """manifest.json's text and the sha256 of every file it lists, checked against the files on disk."""
+    from pipeline.data import sha256_file
+
+    text = (folder / "manifest.json").read_text()
+    manifest = json.loads(text)
+    hashes = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+    for name, digest in hashes.items():
+        assert (folder / name).is_file(), f"{folder / name} listed in the manifest is missing"
+        assert sha256_file(folder / name) == digest, f"{folder / name} does not match its manifest sha256"
+    return {"manifest": text, "hashes": hashes, "source": manifest["model"]["source_sha256"]}
+
+
+def assert_runs_golden(folder: Path) -> None:
+    """Every .pte of the folder, in the ExecuTorch runtime, reproduces golden.json (what `validate` and the apps check)."""
+    from pipeline.runtimes import open_runner
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    golden = json.loads((folder / "golden.json").read_text())
+    artifacts = [e for e in manifest["files"] if e.get("runtime") == "executorch"]
+    assert artifacts, "no ExecuTorch artifact in the folder"
+    for entry in artifacts:
+        runner = open_runner(folder / entry["path"], "executorch", [t["name"] for t in entry["inputs"]])
+        for case in golden["cases"]:
+            inputs = {k: np.asarray([case[k]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            got = runner.run(inputs)[0]
+            expected = np.asarray(case["expected"][entry["path"]], dtype=np.float32)
+            assert np.abs(got - expected).max() <= golden["tolerance"][entry["path"]] + 1e-6, (entry["path"], got, expected)
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("robustness"))
+
+
+@pytest.fixture(scope="session")
+def built(ws) -> dict:
+    """The previous build every later test must leave intact: the seed-0 tiny model, with the stage cache on."""
+    started = time.perf_counter()
+    result = ws.run(ws.build_args(ws.m0))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"session build: {time.perf_counter() - started:.1f} s")
+    return snapshot(ws.out / "android")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Bad input: exit 2, one line naming the file and the problem, nothing written
+
+
+def _bad_cases(ws: Workspace) -> dict[str, tuple[list[str], Path, str, list[str]]]:
+    """name -> (argv, out dir, text the error line must name (the path), words the problem must contain)."""
+    root = ws.root / "bad"
+    root.mkdir()
+
+    def model_copy(name: str) -> Path:
+        target = root / name
+        shutil.copytree(ws.m0, target)
+        return target
+
+    truncated = model_copy("truncated_weights")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    garbage = model_copy("garbage_weights")
+    (garbage / "model.safetensors").write_bytes(os.urandom(4096))
+    no_tokenizer = model_copy("no_tokenizer")
+    for name in TOKENIZER_FILES:
+        (no_tokenizer / name).unlink(missing_ok=True)
+    config_list = model_copy("config_not_object")
+    (config_list / "config.json").write_text("[1, 2]\n")
+    short_positions = write_tiny_albert(root / "positions64", max_position_embeddings=64)
+    bert = write_tiny_bert(root / "bert")
+    no_text = root / "no_text.csv"
+    no_text.write_text("review,label\ngreat tea,great\nbad tea,other\n")
+    three_labels = root / "three_labels.csv"
+    three_labels.write_text("text,label\ngreat tea,great\nbad tea,other\nso so,third\n")
+    label_id = root / "label_id.jsonl"
+    label_id.write_text('{"text": "great tea", "label": 0}\n{"text": "bad tea", "label": 2}\n')
+    empty = root / "empty.csv"
+    empty.write_text("text,label\n")
+    not_objects = root / "not_objects.jsonl"
+    not_objects.write_text("5\n")
+    a_file = root / "a_regular_file"
+    a_file.write_text("not a folder\n")
+
+    cases = {}
+
+    def case(name, model, path_text, words, *extra, out=None):
+        out = out or root / name / "out"
+        args = ws.build_args(model, out, *extra)
+        cases[name] = (args, out, str(path_text), words)
+
+    case("missing_model_dir", root / "no_such_model", root / "no_such_model", ["not found"])
+    case("bert_checkpoint", bert, bert / "config.json", ["not ALBERT", "compress"])
+    case("truncated_weights", truncated, weights, ["corrupt or truncated"])
+    case("garbage_weights", garbage, garbage / "model.safetensors", ["corrupt or truncated"])
+    case("config_not_object", config_list, config_list / "config.json", ["not an object"])
+    case("missing_tokenizer", no_tokenizer, no_tokenizer, ["no tokenizer files"])
+    case("unknown_target", ws.m0, "'windows'", ["unknown target"], "--target", "windows")
+    case("eval_without_text_column", ws.m0, no_text, ["no text column 'text'"], "--eval-data", str(no_text))
+    case("eval_labels_not_the_models", ws.m0, three_labels, ["'third'", "2 labels"], "--eval-data", str(three_labels))
+    case("eval_label_id_out_of_range", ws.m0, label_id, ["row 2", "2 labels"], "--eval-data", str(label_id))
+    case("eval_rows_not_objects", ws.m0, not_objects, ["line 1", "not an object"], "--eval-data", str(not_objects))
+    case("max_length_beyond_positions", short_positions, short_positions / "config.json",
+         ["max_length 128", "max_position_embeddings 64"], "--max-length", "128")
+    case("max_length_too_small", ws.m0, "max_length 1", ["too small"], "--max-length", "1")
+    case("empty_eval_file", ws.m0, empty, ["no rows"], "--eval-data", str(empty))
+    case("empty_eval_set", ws.m0, ws.eval, ["eval set is empty"], "--eval-limit", "0")
+    case("negative_eval_limit", ws.m0, ws.eval, ["-3"], "--eval-limit", "-3")
+    case("unknown_runtime", ws.m0, "'coreml'", ["unknown runtime"], "--runtimes", "coreml")
+    case("out_under_a_file", ws.m0, a_file / "out", ["not writable"], out=a_file / "out")
+    case("out_under_proc", ws.m0, "/proc/pipeline-out", ["not writable"], out=Path("/proc/pipeline-out"))
+    return cases
+
+
+BAD_CASES = ["missing_model_dir", "bert_checkpoint", "truncated_weights", "garbage_weights", "config_not_object",
+             "missing_tokenizer", "unknown_target", "eval_without_text_column", "eval_labels_not_the_models",
+             "eval_label_id_out_of_range", "eval_rows_not_objects", "max_length_beyond_positions", "max_length_too_small",
+             "empty_eval_file", "empty_eval_set", "negative_eval_limit", "unknown_runtime", "out_under_a_file",
+             "out_under_proc"]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(ws) -> dict:
+    """All bad-input builds, three at a time (each fails before any lowering: mostly import time)."""
+    cases = _bad_cases(ws)
+    assert sorted(cases) == sorted(BAD_CASES)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(ws.run, args, 300) for name, (args, *_rest) in cases.items()}
+        return {name: (cases[name], futures[name].result()) for name in cases}
+
+
+@pytest.mark.parametrize("name", BAD_CASES)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_runs, name):
+    (args, out, path_text, words), result = bad_runs[name]
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    line = lines[0]
+    assert path_text in line, f"{line!r} does not name {path_text!r}"
+    for word in words:
+        assert word in line, f"{line!r} does not say {word!r}"
+    # nothing written: no target folder, no staging or work folders, at most the (empty) lock file
+    if out.is_dir():
+        assert sorted(p.name for p in out.iterdir()) in ([], [".android.lock"]), sorted(out.iterdir())
+    assert not (out / "android").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Atomic output: interrupting a build mid-lowering leaves the previous folder intact
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_interrupted_build_leaves_previous_artifacts_intact(ws, built, sig):
+    folder = ws.out / "android"
+    before = snapshot(folder)
+    running = ws.start(ws.build_args(ws.m1, None, "--no-cache"))  # another model: its files would differ
+    try:
+        running.wait_for(LOWERING)
+        time.sleep(2.0)  # well inside the lowering (tens of seconds here)
+        assert running.proc.poll() is None, "the build finished before it could be interrupted\n" + running.output()
+        running.proc.send_signal(getattr(signal, sig))
+        code = running.finish(120)
+    finally:
+        running.kill()
+    assert not any(line.startswith("artifacts:") for line in running.lines), running.output()
+    if sig == "SIGINT":
+        assert code == 130, running.output()
+        assert "interrupted" in running.stderr_path.read_text()
+    else:
+        assert code == -signal.SIGKILL
+    after = snapshot(folder)  # every file still matches the manifest
+    assert after == before, "the previous artifact folder changed"
+    assert_runs_golden(folder)
+    assert visible(ws.out) == ["android"], "a staging or work folder is visible next to the target"
+    leftovers = [p.name for p in ws.out.iterdir() if p.name.startswith(".android") and p.name != ".android.lock"]
+    if sig == "SIGINT":
+        assert leftovers == [], "an interrupted build must clean up after itself"
+        return
+    # SIGKILL cannot be cleaned up by the killed process: its work folder carries its pid, and the next build
+    # (pid dead, lock held) removes it without ever reading it.
+    assert all(name.startswith(f".android-work-{running.proc.pid}-") for name in leftovers), leftovers
+    result = ws.run(ws.build_args(ws.m0))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [p.name for p in ws.out.iterdir() if p.name.startswith(".android-work-")] == []
+    assert snapshot(folder)["source"] == before["source"]
+    assert_runs_golden(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Two builds into one out folder: the second refuses while the first holds the lock
+
+
+def test_concurrent_build_refuses_and_never_interleaves(ws, built):
+    folder = ws.out / "android"
+    before = snapshot(folder)
+    first = ws.start(ws.build_args(ws.m1, None, "--no-cache"))
+    try:
+        first.wait_for(LOWERING)
+        first.proc.send_signal(signal.SIGSTOP)  # paused mid-lowering, holding the lock: no race with its end
+        try:
+            second = ws.run(ws.build_args(ws.m0), timeout=300)
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-3000:]
+        lines = error_lines(second.stderr)
+        assert len(lines) == 1 and str(ws.out) in lines[0] and "another build" in lines[0], second.stderr[-3000:]
+        assert snapshot(folder) == before, "the refused build touched the target folder"
+        code = first.finish(600)
+    finally:
+        first.kill()
+    assert code == 0, first.output()
+    after = snapshot(folder)  # the first build's files only, whole
+    assert after["source"] != before["source"], "the first build's model should now be in place"
+    assert_runs_golden(folder)
+    assert visible(ws.out) == ["android"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Stage cache: content-keyed reuse, corrupted entries rebuilt and never used
+
+
+def test_unchanged_rebuild_reuses_every_stage(ws, built):
+    result = ws.run(ws.build_args(ws.m0))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout
+    for stage in ("reference-", "executorch-", "outputs-"):
+        assert f"cache hit: {stage}" in log, f"stage {stage} was not reused\n{log}"
+    assert "[lower] albert.fp32.pte: cached" in log
+    assert "[trace]" not in log and "[lower albert" not in log, log
+    assert_runs_golden(ws.out / "android")
+
+
+def test_corrupted_cache_entry_is_rebuilt_not_used(ws, built):
+    from pipeline.data import sha256_file
+
+    entries = [p for p in ws.cache.glob("executorch-*") if (p / "albert.fp32.pte").is_file()]
+    assert len(entries) == 1, entries
+    cached = entries[0] / "albert.fp32.pte"
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    corrupt_sha = sha256_file(cached)
+
+    result = ws.run(ws.build_args(ws.m0))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout
+    assert "corrupt entry" in log and "albert.fp32.pte does not match its sha256" in log and "rebuilding" in log, log
+    assert "[lower albert.fp32.pte] ..." in log, "the artifact was not rebuilt"
+    assert "albert.fp32.pte: cached" not in log, "the corrupted entry was used"
+    folder = ws.out / "android"
+    snapshot(folder)
+    assert sha256_file(folder / "albert.fp32.pte") != corrupt_sha
+    assert_runs_golden(folder)
+    record = json.loads((entries[0] / "entry.json").read_text())  # the entry was stored again, whole
+    assert record["files"]["albert.fp32.pte"] == sha256_file(entries[0] / "albert.fp32.pte") != corrupt_sha
