@@ -100,7 +100,7 @@ class CompressConfig:
     label_column: str = "label"
     max_length: int = DEFAULT_MAX_LENGTH
     teacher_epochs: int = 2
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 32
     teacher_lr: float = 5e-5
     lr: float = 1e-4

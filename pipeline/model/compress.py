@@ -348,6 +348,9 @@ def save_checkpoint(student: ExportAlbert, spec: AlbertSpec, label_names: list[s
                 shutil.copy(tokenizer_dir / name, tmp / name)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "model_card.md").write_text(model_card_markdown(card))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -424,7 +427,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     teacher_test = _run_logits(teacher_fn, test)
     teacher_accuracy = accuracy(teacher_test, test.labels)
     log(f"  teacher test accuracy {teacher_accuracy:.4f} (majority class {majority:.4f}) [{time.perf_counter() - started:.0f} s]")
-    teacher_train = _run_logits(teacher_fn, train)
+    teacher_train = _run_logits(teacher_fn, train) if cfg.epochs > 0 else None
 
     spec = student_spec(teacher_config, cfg, len(label_names))
     factorized = factorize_embeddings(teacher.bert.embeddings, train, cfg.embedding_size)
@@ -435,7 +438,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     probe_ids = np.random.default_rng(cfg.seed).choice(len(train), probe_size, replace=False)
     probe = Batches.__new__(Batches)
     probe.ids, probe.labels = [train.ids[i] for i in probe_ids], train.labels[probe_ids]
-    probe_teacher = teacher_train[torch.from_numpy(probe_ids)]
+    probe_teacher = teacher_train[torch.from_numpy(probe_ids)] if teacher_train is not None else _run_logits(teacher_fn, probe)
     probe_scores: dict[str, float] = {}
     shared_from = 0
     if cfg.share != "none":
