@@ -96,7 +96,7 @@ def load_build_data(config: PipelineConfig, model: LoadedModel, is_default: bool
     b = config.build
     names = model.label_names
     if b.eval_data:
-        evaluation = load_labeled_file(b.eval_data, names, b.text_column, b.label_column)
+        evaluation = load_labeled_file(b.eval_data, names, b.text_column, b.label_column, require_labels=True)
     else:
         evaluation = load_small_fine_foods("test")
         if names != evaluation.label_names:  # another model's labels: the reviews serve as unlabeled text
@@ -225,7 +225,7 @@ def validate_cached(artifacts: list[Artifact], evaluation: Encoded, reference: n
     results = []
     with timer("validate"):
         for artifact in artifacts:
-            key = content_key(sha256_file(artifact.path), artifact.runtime, eval_key)
+            key = content_key(sha256_file(artifact.path), artifact.runtime, eval_key, bundle_stage.tool_versions())
             hit = cache.get("outputs", key)
             if hit:
                 logits = np.load(hit[0] / "logits.npy")
@@ -263,7 +263,7 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
     cache = StageCache(b.cache_dir, enabled=use_cache, log=log)
     with build_lock(out_root, b.target):
         with timer("reference"):
-            key = content_key(model.source_sha256, evaluation.input_ids.tolist(), "reference")
+            key = content_key(model.source_sha256, evaluation.input_ids.tolist(), "reference", bundle_stage.tool_versions())
             hit = cache.get("reference", key)
             if hit:
                 reference = np.load(hit[0] / "reference.npy")
@@ -276,7 +276,7 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                 log(f"  float reference accuracy {float((reference.argmax(1) == np.array(eval_texts.labels)).mean()):.4f}")
         check = Encoded(evaluation.input_ids[:CHECK_ROWS], evaluation.attention_mask[:CHECK_ROWS],
                         evaluation.token_type_ids[:CHECK_ROWS], 0)
-        workdir = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{b.target}-work-{os.getpid()}-"))
+        workdir = Path(tempfile.mkdtemp(dir=out_root.resolve(), prefix=f".{b.target}-work-{os.getpid()}-"))
         try:
             artifacts = lower_all(config, model, calibration, check, workdir, cache, timer, log)
             results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log)

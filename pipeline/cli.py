@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,8 +118,6 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build
-
     config = load_config(args.config)
     _override(config.build, args, ["model_dir", "out_dir", "max_length", "calibration_data", "eval_data", "eval_limit"])
     if args.tflite_converter:
@@ -138,6 +138,8 @@ def run_build(args: argparse.Namespace) -> int:
     for target in targets:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
+    from pipeline.build import build  # after the cheap checks: importing torch takes seconds
+
     for target in targets:
         config.build.target = target
         build(config, log, use_cache=not args.no_cache)
@@ -156,12 +158,24 @@ def run_bench(args: argparse.Namespace) -> int:
     return bench(args, log)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (a cancelled CI job, `kill`) unwinds like Ctrl-C: work folders removed, the lock released."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
+    previous_term = _terminate_as_interrupt()
     try:
         handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench}[args.command]
         code = handler(args)
@@ -174,5 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the previous artifacts were left as they were", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     log(f"[{args.command}] done in {time.perf_counter() - started:.1f} s")
     return code

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from pipeline.artifact import Artifact, TensorSpec
 from pipeline.config import ThresholdConfig, load_thresholds
@@ -205,12 +206,13 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
                 calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)
             recipe = loc.Recipe.from_details(result.artifact.details)
             cal = encode(model.tokenizer, calibration.texts[: recipe.config.calibration_samples], max_length)
-            example = tuple(__import__("torch").from_numpy(encoded.row(0)[t.name]) for t in result.artifact.inputs)
-            found = loc.localize(model.export_model, example, [t.name for t in result.artifact.inputs], recipe, cal,
-                                 encoded, result.logits, LOCALIZE_ROWS)
-        except PipelineError as err:
-            result.artifact.details["localization"] = f"not available: {err}"
-            log(f"  localization of {result.artifact.file_name} not available: {err}")
+            names = [t.name for t in result.artifact.inputs]
+            example = tuple(torch.from_numpy(np.ascontiguousarray(encoded.row(0)[n])) for n in names)
+            found = loc.localize(model.export_model, example, names, recipe, cal, encoded, result.logits, LOCALIZE_ROWS)
+        except Exception as err:  # localization explains a failure; it never hides or replaces it
+            message = err if isinstance(err, PipelineError) else f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            result.artifact.details["localization"] = f"not available: {message}"
+            log(f"  localization of {result.artifact.file_name} not available: {message}")
             continue
         localizations[result.artifact.file_name] = found
         result.artifact.details["localization"] = found.markdown()
@@ -228,19 +230,20 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
         if calibration is None:
             calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)
         results = fallback_folder(folder, manifest, model, results, localizations, encoded, texts, reference,
-                                  calibration, thresholds, log)
+                                  calibration, thresholds, log, thresholds_source)
         context["auto-fallback"] = "; ".join(f"{r.artifact.file_name}: kept float {r.artifact.details['fallback']['kept_float']}"
                                              for r in results if "fallback" in r.artifact.details) or "nothing to fix"
 
-    write_reports(report_dir, results, reference, f"Drift gate: {folder}", context)
-    extra = {"thresholds_used": {"source": thresholds_source,
-                                 "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}},
-             "localization": {name: l.to_dict() for name, l in localizations.items()}}
-    data = json.loads((report_dir / "report.json").read_text())
-    data.update(extra)
-    (report_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
-    if localizations:
-        plot_layer_errors({name: l.profile for name, l in localizations.items()}, report_dir / "report_layer_error.png")
+    try:
+        write_reports(report_dir, results, reference, f"Drift gate: {folder}", context)
+        data = json.loads((report_dir / "report.json").read_text())
+        data["thresholds_used"] = {"source": thresholds_source,
+                                   "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}}
+        (report_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+        if localizations:
+            plot_layer_errors({name: l.profile for name, l in localizations.items()}, report_dir / "report_layer_error.png")
+    except OSError as err:
+        raise PipelineError(f"cannot write the reports ({err.strerror or err})", report_dir) from None
     for line in drift_table(results):
         log(line)
     failures = [f for r in results for f in r.failures]

@@ -1,6 +1,7 @@
 """Tokenizer of a checkpoint directory, encoding to the fixed [N, max_length] int64 arrays the artifacts take."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,25 @@ def tokenizer_files(model_dir: str | Path) -> list[Path]:
     return [Path(model_dir) / name for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()]
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: object) -> str:
+    """str(text) with lone UTF-16 surrogates (JSON "\\ud800" escapes decode to them) replaced by U+FFFD:
+    the Rust tokenizers refuse such strings with a TypeError."""
+    return _LONE_SURROGATE.sub("\ufffd", str(text))
+
+
 def encode(tokenizer, texts: list[str], max_length: int) -> Encoded:
     """Pad to max_length and truncate longer texts (counted in `truncated`)."""
+    if max_length < 2:
+        raise PipelineError(f"max_length {max_length} is too small: [CLS] and [SEP] alone need 2 positions")
+    texts = [clean_text(t) for t in texts]
+    if not texts:
+        empty = np.zeros((0, max_length), dtype=np.int64)
+        return Encoded(empty, empty.copy(), empty.copy(), 0)
     batch = tokenizer(
-        list(texts),
+        texts,
         padding="max_length",
         truncation=True,
         max_length=max_length,
@@ -58,7 +74,7 @@ def encode(tokenizer, texts: list[str], max_length: int) -> Encoded:
         return_token_type_ids=True,
         return_attention_mask=True,
     )
-    lengths = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    lengths = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in lengths)
     return Encoded(
         input_ids=np.asarray(batch["input_ids"], dtype=np.int64),

@@ -94,6 +94,25 @@ class TanhGELU(nn.Module):
         return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
+class PolynomialGELU(nn.Module):
+    """Exact GELU with erf written as Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7) from basic ops.
+
+    For converters without an exact-GELU or Erf op (TFLite has no Erf builtin): since sign(x) * x = |x|,
+    x * Phi(x) = 0.5 x + 0.5 |x| erf(|x| / sqrt 2), which needs only abs, exp, mul, add and div.
+    """
+
+    P = 0.3275911
+    A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.abs(x) * (1.0 / math.sqrt(2.0))
+        t = 1.0 / (1.0 + self.P * z)
+        a1, a2, a3, a4, a5 = self.A
+        poly = t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))))
+        erf_abs = 1.0 - poly * torch.exp(-(z * z))
+        return 0.5 * x + 0.5 * torch.abs(x) * erf_abs
+
+
 def make_activation(name: str) -> nn.Module:
     if name == "gelu":
         return nn.GELU()

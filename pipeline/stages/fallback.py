@@ -27,7 +27,6 @@ import torch
 from pipeline.artifact import Artifact
 from pipeline.config import ThresholdConfig
 from pipeline.data import LabeledTexts, sha256_file
-from pipeline.errors import PipelineError
 from pipeline.stages.localize import Localization, Recipe, convert, eager_logits
 from pipeline.stages.validate import ArtifactResult, Metrics, check_thresholds, compare, run_artifact
 from pipeline.tokenization import Encoded, encode
@@ -75,6 +74,26 @@ def _summary(metrics: Metrics, failures: list[str]) -> dict:
             "accuracy_delta": metrics.accuracy_delta, "passed": not failures, "failures": failures}
 
 
+def quantize_keeping_float(model, traced, calibration: Encoded, recipe: Recipe):
+    """What `pipeline.stages.quantize.quantize(..., keep_float_names=...)` does (same quantizer, rows, settings
+    record), with the module-name exclusion that works on executorch 1.5.1 (see localize.quantizer)."""
+    with torch.no_grad():
+        graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
+        converted = convert(graph, calibration, traced.input_names, recipe.config, recipe.keep_float_names)
+        exported = torch.export.export(converted, traced.example_inputs, strict=False)
+    config = recipe.config
+    kept = list(config.keep_float) + list(recipe.keep_float_names)
+    settings = {
+        "scheme": "pt2e-static",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 static",
+        "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
+        "kept_float": kept + ([] if config.quantize_embedding else [WORD_EMBEDDING]),
+        "calibration_rows": min(config.calibration_samples, len(calibration)),
+    }
+    return exported, settings
+
+
 class Search:
     def __init__(self, model, result: ArtifactResult, recipe: Recipe, calibration: Encoded, encoded: Encoded,
                  reference: np.ndarray, labels, thresholds: ThresholdConfig, workdir: Path, log: Log):
@@ -111,17 +130,14 @@ class Search:
     def lower(self, keep: list[str]) -> ArtifactResult:
         from pipeline.build import check_size
         from pipeline.stages.executorch import lower_executorch
-        from pipeline.stages.quantize import quantize
 
         recipe = _recipe_with(self.recipe, keep)
         name = self.result.artifact.file_name
-        quantized = quantize(self.model, self.traced, self.calibration, recipe.config, recipe.keep_float_names)
+        exported, settings = quantize_keeping_float(self.model, self.traced, self.calibration, recipe)
         out = self.workdir / f"{len(keep)}" / name
-        artifact = lower_executorch(quantized.exported, out, "int8", self.input_names, self.model.spec.num_labels)
+        artifact = lower_executorch(exported, out, "int8", self.input_names, self.model.spec.num_labels)
         artifact.precision = self.result.artifact.precision
-        artifact.details["quantization"] = quantized.settings
-        if recipe.config.quantize_embedding is False:
-            artifact.details["quantization"]["kept_float"] = list(quantized.settings["kept_float"]) + [WORD_EMBEDDING]
+        artifact.details["quantization"] = settings
         check_size(artifact, self.model)
         self.lowerings += 1
         logits, latencies = run_artifact(artifact, self.encoded)
@@ -179,6 +195,9 @@ def fallback_artifact(model, result: ArtifactResult, localization: Localization,
         "thresholds": vars(found.thresholds),
         "trials": search.trials, "lowerings": search.lowerings,
     }
+    for key in ("localization", "localization_data"):  # where the error started, for the report
+        if key in result.artifact.details:
+            found.artifact.details[key] = result.artifact.details[key]
     log(f"  auto-fallback {result.artifact.file_name}: PASS with {kept} in float; {before:,} -> {after:,} bytes, "
         f"{result.metrics.latency_ms_median:.3f} -> {found.metrics.latency_ms_median:.3f} ms median")
     return found
@@ -234,7 +253,7 @@ def rewrite_folder(folder: Path, manifest: dict, replaced: list[ArtifactResult],
 def fallback_folder(folder: Path, manifest: dict, model, results: list[ArtifactResult],
                     localizations: dict[str, Localization], encoded: Encoded, texts: LabeledTexts,
                     reference: np.ndarray, calibration: LabeledTexts, thresholds: ThresholdConfig,
-                    log: Log) -> list[ArtifactResult]:
+                    log: Log, thresholds_source: str = "defaults") -> list[ArtifactResult]:
     """Results with every fixable failing int8 artifact replaced by its passing mixed-precision variant."""
     out = list(results)
     replaced = []
@@ -248,13 +267,18 @@ def fallback_folder(folder: Path, manifest: dict, model, results: list[ArtifactR
                 log(f"  auto-fallback: {name} cannot be fixed by float fallback (only PT2E int8 ExecuTorch files "
                     "with a localization are)")
                 continue
-            found = fallback_artifact(model, result, localizations[name], calibration, encoded, texts.labels,
-                                      reference, thresholds, workdir, log)
+            try:
+                found = fallback_artifact(model, result, localizations[name], calibration, encoded, texts.labels,
+                                          reference, thresholds, workdir, log)
+            except Exception as err:  # the drift stays reported (exit 1); the folder is left as it was
+                log(f"  auto-fallback of {name} failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})")
+                result.artifact.details["fallback_attempt"] = {"result": f"failed: {type(err).__name__}: {err}"[:500]}
+                continue
             if found is not None:
                 out[index] = found
                 replaced.append(found)
         if replaced:
-            used = {"per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in out}}
+            used = {"source": thresholds_source, "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in out}}
             rewrite_folder(folder, manifest, replaced, used)
             for result in replaced:  # point at the file now in the folder
                 result.artifact.path = folder / result.artifact.file_name

@@ -22,7 +22,11 @@ measure:
 - local error: ||y_q - F(x_q)|| / ||F(x_q)||, where F is the *float* module applied to the int8
   path's own input x_q. This is the error the module's quantization adds by itself, independent of
   the error it receives from upstream (an accumulated curve cannot tell a layer that adds error from
-  one that only passes on - or amplifies - its input's error).
+  one that only passes on - or amplifies - its input's error). It covers the module's weight
+  quantization and the quantize/dequantize of its input and output activations - including an output
+  observer that the quantizer placed at the consumer (e.g. the word-embedding lookup's output, quantized
+  as the input of the embedding block's add). A calibration set that never saw real text shows up here
+  as a huge local error at the first activation whose range was estimated from it.
 
 "Where the error starts" is the first module call, in execution order, whose local error reaches half
 of the largest local error of any call: the first place a large error is introduced (modules finish
@@ -187,6 +191,18 @@ def _forget(probe: "_Probe") -> None:
     _STATE.pop(id(probe), None)
 
 
+def quantizer(config: QuantizeConfig, keep_float_names: list[str]):
+    """`make_quantizer` with modules kept float by name. XNNPACKQuantizer.set_module_name(name, None) asserts
+    (executorch 1.5.1) although its annotator treats a None config as "leave these nodes float", which is
+    what the name-based exclusion of the global config relies on; so the entry is set directly."""
+    composed = make_quantizer(config)
+    for part in getattr(composed, "quantizers", [composed]):
+        if hasattr(part, "module_name_config"):
+            for name in keep_float_names:
+                part.module_name_config[name] = None
+    return composed
+
+
 def convert(graph: torch.fx.GraphModule, calibration: Encoded, input_names: list[str], config: QuantizeConfig,
             keep_float_names: list[str], prefix: str = "") -> torch.fx.GraphModule:
     """PT2E prepare -> calibrate -> convert of an exported graph, as `pipeline.stages.quantize.quantize` does
@@ -196,7 +212,7 @@ def convert(graph: torch.fx.GraphModule, calibration: Encoded, input_names: list
     if len(calibration) == 0:
         raise PipelineError("no calibration texts")
     with torch.no_grad():
-        prepared = prepare_pt2e(graph, make_quantizer(config, [prefix + n for n in keep_float_names]))
+        prepared = prepare_pt2e(graph, quantizer(config, [prefix + n for n in keep_float_names]))
         for args in _rows(calibration, input_names, config.calibration_samples):
             prepared(*args)
         return convert_pt2e(prepared)

@@ -47,6 +47,7 @@ from torch import nn
 from pipeline.artifact import Artifact, TensorSpec
 from pipeline.config import TFLiteConfig
 from pipeline.errors import PipelineError
+from pipeline.model.albert import PolynomialGELU
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.tokenization import Encoded
 
@@ -105,7 +106,7 @@ def lower_tflite(
     for rows, what in ((check, "check"), (calibration, "calibration")):
         if len(rows) and rows.input_ids.shape[1] != max_length:
             raise PipelineError(f"{what} rows have length {rows.input_ids.shape[1]}, expected max_length {max_length}")
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # the onnx2tf worker runs in another cwd
     workdir.mkdir(parents=True, exist_ok=True)
     finals = {p: workdir / f"{name}.{p}.tflite" for p in ("fp32", "int8")}
     for path in finals.values():  # a stale file from an earlier run must not survive a failed one
@@ -369,6 +370,12 @@ def _export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: l
     original = body.embeddings
     if not _FOLD_EMBEDDING_CONSTANTS:
         body.embeddings = _GatherEmbeddings(original, max_length)
+    # exact GELU exports as ONNX Erf, which TFLite has no builtin for: use the polynomial form instead
+    layers = [layer for group in body.encoder.albert_layer_groups for layer in group.albert_layers]
+    exact_gelu = {id(layer): layer.activation for layer in layers if isinstance(layer.activation, nn.GELU)}
+    for layer in layers:
+        if id(layer) in exact_gelu:
+            layer.activation = PolynomialGELU()
     try:
         args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in input_names)
         import warnings
@@ -390,6 +397,9 @@ def _export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: l
         raise PipelineError(f"torch.onnx.export failed ({type(err).__name__}: {first_line})", path) from None
     finally:
         body.embeddings = original
+        for layer in layers:
+            if id(layer) in exact_gelu:
+                layer.activation = exact_gelu[id(layer)]
 
 
 def _dedupe_initializers(path: Path) -> int:

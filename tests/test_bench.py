@@ -1,0 +1,137 @@
+"""`pipeline bench` on a tiny built folder: every artifact plus the eager and ONNX Runtime baselines, real runtimes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench import check_targets, parse_int_list, render_markdown
+from pipeline.config import PipelineConfig, Thresholds
+from pipeline.errors import PipelineError
+from tiny import write_tiny_albert
+
+MAX_LENGTH = 24  # not equal to any model dim (16, 32, 64): onnx2tf guesses layouts when dims coincide
+RUNTIMES = ["executorch", "litert"]
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Build a tiny folder once, then `python -m pipeline bench --runs 5 --threads 1` on it."""
+    from pipeline.build import build
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("bench")
+    config = PipelineConfig()
+    b = config.build
+    b.model_dir = str(write_tiny_albert(root / "model"))
+    b.out_dir = str(root / "artifacts")
+    b.max_length = MAX_LENGTH
+    b.eval_limit = 20
+    b.cache_dir = str(root / "cache")
+    b.copy_to_apps = False
+    b.runtimes = list(RUNTIMES)
+    # A random tiny model's int8 top-1 flips on near-ties; accuracy is not what this file tests.
+    config.thresholds.per_precision["int8"] = Thresholds(max_abs_error=100.0, min_cosine=-1.0,
+                                                         min_top1_agreement=0.0, max_accuracy_drop=1.0)
+    folder = build(config, log=print)
+    out = root / "bench"
+    code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
+                 "--max-length", str(MAX_LENGTH), "--out", str(out)])
+    assert code == 0
+    return folder, out
+
+
+@pytest.fixture(scope="session")
+def result(bench_run) -> dict:
+    return json.loads((bench_run[1] / "bench.json").read_text())
+
+
+def test_every_model_file_and_every_baseline_has_a_row(bench_run, result):
+    folder, _ = bench_run
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {f["path"]: f for f in manifest["files"] if f["runtime"] is not None}
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(files) <= set(rows), set(files) - set(rows)
+    kinds = {r["kind"] for r in result["rows"]}
+    assert {"torch-hf", "torch-export", "ort"} <= kinds
+    assert {r["precision"] for r in result["rows"] if r["kind"] == "ort"} == {"fp32", "int8-dynamic"}
+    for name, entry in files.items():
+        assert rows[name]["bytes"] == entry["bytes"] == (folder / name).stat().st_size
+        assert rows[name]["bytes_per_parameter"] == pytest.approx(entry["bytes"] / manifest["model"]["params"], rel=1e-3)
+
+
+def test_latency_memory_and_load_are_measured(result):
+    for r in result["rows"]:
+        assert r["runs"] == 5, r["name"]
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"], r["name"]
+        assert r["load_ms"] > 0, r["name"]
+        assert r["peak_rss_delta_mb"] is not None and r["peak_rss_delta_mb"] >= 0, r["name"]
+        assert r["seq"] == MAX_LENGTH and r["threads"] == 1
+    assert result["settings"]["warmup_runs"] >= 1
+
+
+def test_every_candidate_computes_the_same_function(result):
+    for r in result["rows"]:
+        limit = 1e-3 if r["precision"] == "fp32" else 5.0  # int8 of a random tiny model: only gross errors
+        assert r["max_abs_diff_vs_export_model"] <= limit, (r["name"], r["max_abs_diff_vs_export_model"])
+
+
+def test_bench_md_names_the_command_and_checks_the_targets(bench_run, result):
+    text = (bench_run[1] / "bench.md").read_text()
+    assert text.splitlines()[2].startswith("Command: `python -m pipeline bench --artifacts ")
+    assert "## Targets" in text
+    targets = text.split("## Targets", 1)[1]
+    for phrase in ("int8 .pte latency <= 0.5 x eager PyTorch fp32", "int8 .pte latency <= ONNX Runtime dynamic int8",
+                   "int8 .tflite latency <= ONNX Runtime dynamic int8", "fp32 .pte latency <= 1.2 x fp32 .tflite",
+                   "bytes <= 1.15 x parameters"):
+        assert phrase in targets, phrase
+    assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
+    for t in result["targets"]:
+        if t["status"] == "MISS":
+            assert t["over_by_percent"] > 0 and "over" in t["detail"]
+    png = bench_run[1] / "bench.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(name, kind, precision, median, size=1000):
+    return {"name": name, "kind": kind, "precision": precision, "seq": 128, "threads": 2, "median_ms": median,
+            "p90_ms": median, "bytes": size}
+
+
+def test_targets_say_by_how_much_they_are_missed():
+    rows = [_row("m.int8.pte", "executorch", "int8", 6.0, size=1200), _row("m.fp32.pte", "executorch", "fp32", 10.0),
+            _row("m.int8.tflite", "litert", "int8", 4.0, size=1100), _row("m.fp32.tflite", "litert", "fp32", 10.0),
+            _row("eager", "torch-hf", "fp32", 10.0), _row("ort8", "ort", "int8-dynamic", 5.0)]
+    checks = {c["target"]: c for c in check_targets(rows, 128, [2], params=1000)}
+    eager = checks["int8 .pte latency <= 0.5 x eager PyTorch fp32"]
+    assert eager["status"] == "MISS" and eager["ratio"] == 0.6 and eager["over_by_percent"] == 20.0
+    assert checks["int8 .pte latency <= ONNX Runtime dynamic int8"]["status"] == "MISS"
+    assert checks["int8 .tflite latency <= ONNX Runtime dynamic int8"]["status"] == "PASS"
+    assert checks["fp32 .pte latency <= 1.2 x fp32 .tflite"]["status"] == "PASS"
+    assert checks["m.int8.pte bytes <= 1.15 x parameters"]["status"] == "MISS"
+    assert checks["m.int8.tflite bytes <= 1.15 x parameters"]["status"] == "PASS"
+    missing = check_targets(rows[:1], 128, [2], params=1000)
+    assert {c["status"] for c in missing if "latency" in c["target"]} == {"N/A"}
+
+
+def test_list_arguments_and_missing_folder_are_clear_errors(tmp_path):
+    from pipeline.cli import main
+
+    assert parse_int_list("64, 128,128", "max-length") == [64, 128]
+    for bad in ("0", "a", ","):
+        with pytest.raises(PipelineError):
+            parse_int_list(bad, "threads")
+    assert main(["bench", "--artifacts", str(tmp_path)]) == 2
+
+
+def test_markdown_renders_without_memory_or_profile():
+    result = {"command": "python -m pipeline bench", "created": "now", "seconds": 1.0,
+              "model": {"name": "m", "params": 10, "max_length": 128},
+              "machine": {"cpu_count": 2, "versions": {}}, "notes": [],
+              "settings": {"runs": 1, "warmup_runs": 1, "inputs": "x", "length_sources": {"64": "eager only"}},
+              "rows": [{**_row("eager", "torch-hf", "fp32", 1.0), "bytes_per_parameter": 4.0, "load_ms": 1.0,
+                        "vs_eager": 1.0}],
+              "targets": check_targets([], 128, [1], 10)}
+    text = render_markdown(result)
+    assert "## Targets" in text and "N/A" in text
