@@ -1,7 +1,7 @@
-"""Quantize stage: PT2E int8 for ExecuTorch, calibrated on real text.
+"""Quantize stage: PT2E int8 for ExecuTorch.
 
-- linears (and the bmm/add/softmax around them): XNNPACKQuantizer, symmetric, per-channel weights,
-  static activations;
+- linears: XNNPACKQuantizer, symmetric per-channel int8 weights; activations either dynamic (default:
+  quantized per inference) or static (calibrated on real text; also quantizes bmm/add around them);
 - the word-embedding table: int8 per-row weights (EmbeddingQuantizer), lowered to
   `quantized_decomposed::embedding_byte` (PT2E's default would leave the V x E table fp32, the bulk of the
   file);
@@ -40,7 +40,10 @@ def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = 
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
     from torchao.quantization.pt2e.quantizer.embedding_quantizer import EmbeddingQuantizer
 
-    xnnpack = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    if config.activations not in ("dynamic", "static"):
+        raise PipelineError(f"quantize.activations must be 'dynamic' or 'static', not {config.activations!r}")
+    dynamic = config.activations == "dynamic"
+    xnnpack = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     for kind in config.keep_float:
         if kind not in FLOAT_MODULE_TYPES:
             raise PipelineError(f"quantize.keep_float: unknown module kind {kind!r}; known: {sorted(FLOAT_MODULE_TYPES)}")
@@ -75,9 +78,9 @@ def quantize(
         converted = convert_pt2e(prepared)
         exported = torch.export.export(converted, traced.example_inputs, strict=False)
     settings = {
-        "scheme": "pt2e-static",
+        "scheme": f"pt2e-{config.activations}",
         "weights": "int8 symmetric per-channel",
-        "activations": "int8 static",
+        "activations": f"int8 {config.activations}",
         "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
         "kept_float": list(config.keep_float) + list(keep_float_names or []),
         "calibration_rows": rows,
