@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,21 @@ RUNTIMES = ["executorch", "litert"]
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory) -> tuple[Path, Path]:
     """Build a tiny folder once, then `python -m pipeline bench --runs 5 --threads 1` on it."""
-    from pipeline.build import build
     from pipeline.cli import main
 
     root = tmp_path_factory.mktemp("bench")
+    prebuilt = os.environ.get("PIPELINE_BENCH_TEST_FOLDER")  # a folder this fixture built before: skips the build
+    folder = Path(prebuilt) if prebuilt else build_tiny_folder(root)
+    out = root / "bench"
+    code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
+                 "--max-length", str(MAX_LENGTH), "--out", str(out)])
+    assert code == 0
+    return folder, out
+
+
+def build_tiny_folder(root: Path) -> Path:
+    from pipeline.build import build
+
     config = PipelineConfig()
     b = config.build
     b.model_dir = str(write_tiny_albert(root / "model"))
@@ -34,12 +46,7 @@ def bench_run(tmp_path_factory) -> tuple[Path, Path]:
     # A random tiny model's int8 top-1 flips on near-ties; accuracy is not what this file tests.
     config.thresholds.per_precision["int8"] = Thresholds(max_abs_error=100.0, min_cosine=-1.0,
                                                          min_top1_agreement=0.0, max_accuracy_drop=1.0)
-    folder = build(config, log=print)
-    out = root / "bench"
-    code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
-                 "--max-length", str(MAX_LENGTH), "--out", str(out)])
-    assert code == 0
-    return folder, out
+    return build(config, log=print)
 
 
 @pytest.fixture(scope="session")
