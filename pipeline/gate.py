@@ -56,7 +56,7 @@ def read_manifest(folder: Path) -> dict:
 def verify_files(folder: Path, manifest: dict) -> int:
     """Every listed file exists with the recorded size and sha256; no model file is left unlisted."""
     listed = set()
-    for entry in manifest["files"]:
+    for entry in manifest["files"] + manifest.get("assets", []):
         name = entry.get("path")
         if not name or Path(name).name != name:
             raise PipelineError(f"manifest entry with a bad path {name!r}", folder / "manifest.json")

@@ -64,7 +64,8 @@ def test_manifest_has_the_contract_fields(manifest, tiny_build):
 
 
 def test_every_sha256_matches(manifest, tiny_build):
-    for entry in manifest["files"]:
+    assert {a["path"] for a in manifest["assets"]} >= {"labels.json", "golden.json", "tokenizer.json"}
+    for entry in manifest["files"] + manifest["assets"]:
         assert sha256_file(tiny_build / entry["path"]) == entry["sha256"], entry["path"]
         assert (tiny_build / entry["path"]).stat().st_size == entry["bytes"]
 

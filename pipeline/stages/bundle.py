@@ -85,9 +85,9 @@ def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, res
             "outputs": [t.to_dict() for t in r.artifact.outputs],
         })
         files.append(entry)
-    for name in ["labels.json", "golden.json", *(p.name for p in tokenizer_files(model.model_dir))]:
-        files.append({"path": name, "sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size,
-                      "runtime": None})
+    # Non-model files: hashed like the models, listed apart so that every `files` entry is a model.
+    assets = [{"path": name, "sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+              for name in ["labels.json", "golden.json", *(p.name for p in tokenizer_files(model.model_dir))]]
     return {
         "schema_version": SCHEMA_VERSION,
         "target": target,
@@ -108,6 +108,7 @@ def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, res
         "eval_data": eval_source,
         "versions": tool_versions(),
         "files": files,
+        "assets": assets,
         **extra,
     }
 

@@ -224,7 +224,7 @@ def rewrite_folder(folder: Path, manifest: dict, replaced: list[ArtifactResult],
     try:
         shutil.copytree(folder, staged, dirs_exist_ok=True)
         params = int(manifest["model"].get("params") or 1)
-        entries = {e["path"]: e for e in manifest["files"]}
+        entries = {e["path"]: e for e in manifest["files"] + manifest.get("assets", [])}
         for result in replaced:
             name = result.artifact.file_name
             shutil.copy2(result.artifact.path, staged / name)
