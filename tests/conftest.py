@@ -11,6 +11,30 @@ from tiny import write_tiny_albert  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def tiny_builds(tmp_path_factory) -> dict[str, Path]:
+    """One real build per target of an ALBERT with vocab 30000 and E=128 (the issue's size case), 2 shared
+    layers, max_length 32; the second target reuses the first one's lowered files from the stage cache."""
+    from pipeline.build import build
+    from pipeline.config import PipelineConfig
+
+    root = tmp_path_factory.mktemp("build")
+    model_dir = write_tiny_albert(root / "model", vocab_size=30000, embedding_size=128, hidden_size=64,
+                                  num_hidden_layers=2, num_hidden_groups=1, intermediate_size=128)
+    folders = {}
+    for target in ("android", "ios"):
+        config = PipelineConfig()
+        config.build.target = target
+        config.build.model_dir = str(model_dir)
+        config.build.out_dir = str(root / "artifacts")
+        config.build.max_length = 32
+        config.build.eval_limit = 40
+        config.build.cache_dir = str(root / "cache")
+        config.build.copy_to_apps = False
+        folders[target] = build(config, log=print)
+    return folders
+
+
+@pytest.fixture(scope="session")
 def tiny_albert(tmp_path_factory) -> Path:
     return write_tiny_albert(tmp_path_factory.mktemp("tiny_albert") / "model")
 

