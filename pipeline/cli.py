@@ -84,6 +84,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--max-length", default="128")
     p.add_argument("--out", help="where bench.json/bench.md/bench.png go (default: the artifacts folder)")
+    p.add_argument("--rebuild-lengths", action="store_true",
+                   help="rebuild the artifacts at each --max-length other than the folder's own (stage cache on)")
 
 
 def parser() -> argparse.ArgumentParser:

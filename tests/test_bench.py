@@ -8,45 +8,22 @@ from pathlib import Path
 import pytest
 
 from pipeline.bench import check_targets, parse_int_list, render_markdown
-from pipeline.config import PipelineConfig, Thresholds
 from pipeline.errors import PipelineError
-from tiny import write_tiny_albert
 
-MAX_LENGTH = 24  # not equal to any model dim (16, 32, 64): onnx2tf guesses layouts when dims coincide
-RUNTIMES = ["executorch", "litert"]
+MAX_LENGTH = 32  # the shared tiny build's static length
 
 
 @pytest.fixture(scope="session")
-def bench_run(tmp_path_factory) -> tuple[Path, Path]:
-    """Build a tiny folder once, then `python -m pipeline bench --runs 5 --threads 1` on it."""
+def bench_run(tiny_builds, tmp_path_factory) -> tuple[Path, Path]:
+    """`python -m pipeline bench --runs 5 --threads 1` on the shared tiny android build (tests/conftest.py)."""
     from pipeline.cli import main
 
-    root = tmp_path_factory.mktemp("bench")
-    prebuilt = os.environ.get("PIPELINE_BENCH_TEST_FOLDER")  # a folder this fixture built before: skips the build
-    folder = Path(prebuilt) if prebuilt else build_tiny_folder(root)
-    out = root / "bench"
+    folder = tiny_builds["android"]
+    out = tmp_path_factory.mktemp("bench") / "bench"
     code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
                  "--max-length", str(MAX_LENGTH), "--out", str(out)])
     assert code == 0
     return folder, out
-
-
-def build_tiny_folder(root: Path) -> Path:
-    from pipeline.build import build
-
-    config = PipelineConfig()
-    b = config.build
-    b.model_dir = str(write_tiny_albert(root / "model"))
-    b.out_dir = str(root / "artifacts")
-    b.max_length = MAX_LENGTH
-    b.eval_limit = 20
-    b.cache_dir = str(root / "cache")
-    b.copy_to_apps = False
-    b.runtimes = list(RUNTIMES)
-    # A random tiny model's int8 top-1 flips on near-ties; accuracy is not what this file tests.
-    config.thresholds.per_precision["int8"] = Thresholds(max_abs_error=100.0, min_cosine=-1.0,
-                                                         min_top1_agreement=0.0, max_accuracy_drop=1.0)
-    return build(config, log=print)
 
 
 @pytest.fixture(scope="session")
