@@ -161,7 +161,7 @@ def run_one(artifact: Artifact, encoded: Encoded, reference: np.ndarray, labels,
 def localizable(result: ArtifactResult) -> bool:
     a = result.artifact
     return (not result.passed and a.runtime == "executorch" and a.precision.startswith("int8")
-            and (a.details.get("quantization") or {}).get("scheme") == "pt2e-static")
+            and str((a.details.get("quantization") or {}).get("scheme", "")).startswith("pt2e-"))
 
 
 def validate_folder(args: argparse.Namespace, log: Log = print) -> int:

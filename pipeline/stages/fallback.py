@@ -84,9 +84,9 @@ def quantize_keeping_float(model, traced, calibration: Encoded, recipe: Recipe):
     config = recipe.config
     kept = list(config.keep_float) + list(recipe.keep_float_names)
     settings = {
-        "scheme": "pt2e-static",
+        "scheme": f"pt2e-{config.activations}",
         "weights": "int8 symmetric per-channel",
-        "activations": "int8 static",
+        "activations": f"int8 {config.activations}",
         "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
         "kept_float": kept + ([] if config.quantize_embedding else [WORD_EMBEDDING]),
         "calibration_rows": min(config.calibration_samples, len(calibration)),

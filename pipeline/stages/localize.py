@@ -53,6 +53,7 @@ START_FRACTION = 0.5  # the error "starts" at the first call whose local error r
 LEAF_TYPES = (nn.Linear, nn.Embedding)
 BLOCK_TYPES = (AlbertEmbeddings, AlbertAttention, AlbertLayer)
 PREFIX = "model."  # the probe wraps the export model as `model`
+PT2E_SCHEMES = {"pt2e-static": "static", "pt2e-dynamic": "dynamic"}  # details.quantization.scheme -> activations
 
 
 @dataclass
@@ -65,10 +66,11 @@ class Recipe:
     @classmethod
     def from_details(cls, details: dict) -> "Recipe":
         settings = details.get("quantization")
-        if not isinstance(settings, dict) or settings.get("scheme") != "pt2e-static":
+        if not isinstance(settings, dict) or settings.get("scheme") not in PT2E_SCHEMES:
             raise PipelineError(f"the artifact records no PT2E quantization recipe ({settings!r})")
         kept = list(settings.get("kept_float", []))
         config = QuantizeConfig(
+            activations=PT2E_SCHEMES[settings["scheme"]],
             calibration_samples=int(settings.get("calibration_rows", QuantizeConfig().calibration_samples)),
             quantize_embedding=settings.get("embedding", "int8 per-row") != "fp32",
             keep_float=[k for k in kept if k in FLOAT_MODULE_TYPES],
