@@ -142,6 +142,7 @@ def bundle(model: LoadedModel, target: str, max_length: int, results: list[Artif
                       {"target": target, "eval data": eval_source, "rows": len(encoded), "max_length": max_length})
         (staged / "manifest.json").write_text(
             json.dumps(manifest(model, target, max_length, staged, results, eval_source, extra), indent=2) + "\n")
+        staged.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shipped and read by others
         final = out_root / target
         replace_folder(staged, final)
     except BaseException:
