@@ -291,7 +291,8 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                 raise DriftError(failures)
             with timer("bundle"):
                 extra = {"stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
-                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated}}
+                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
+                         "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
                 final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,
                                             reference, out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
         finally:

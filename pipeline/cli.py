@@ -52,6 +52,9 @@ def _add_validate(sub) -> None:
     p.add_argument("--eval-limit", type=int)
     p.add_argument("--thresholds", help="TOML file with [thresholds.*] sections")
     p.add_argument("--auto-fallback", action="store_true", help="keep sensitive layers in float until int8 passes")
+    p.add_argument("--calibration-data", help="CSV/JSONL calibration texts of the build, for localization and "
+                   "--auto-fallback (default: as recorded in the manifest)")
+    p.add_argument("--report-dir", help="where report.* and PNGs go (default: the artifact folder)")
 
 
 def _add_compress(sub) -> None:

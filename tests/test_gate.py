@@ -112,7 +112,7 @@ def test_truncated_tokenizer_is_a_size_mismatch(folder):
 def test_bad_int8_fails_naming_artifact_metric_value_limit(failed_gate):
     folder, code, out, err = failed_gate
     assert code == 1, (out, err)
-    assert err.startswith("drift: ")
+    assert any(line.startswith("drift: ") for line in err.splitlines())  # (runtime C++ logs may precede it)
     failures = FAILURE.findall(err)
     assert failures, err
     report = json.loads((folder / "report.json").read_text())

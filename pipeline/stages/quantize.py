@@ -51,7 +51,9 @@ def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = 
         for module_type in types if isinstance(types, tuple) else (types,):
             xnnpack.set_module_type(module_type, None)
     for name in keep_float_names or []:
-        xnnpack.set_module_name(name, None)
+        # set_module_name(name, None) asserts in executorch 1.5.1, but the annotator treats a None config as
+        # "leave float" and the global config excludes every configured name: set the entry directly.
+        xnnpack.module_name_config[name] = None
     parts = [EmbeddingQuantizer(), xnnpack] if config.quantize_embedding else [xnnpack]
     return ComposableQuantizer(parts)
 
