@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.artifact import read_manifest
 from pipeline.errors import PipelineError
 
 Log = Callable[[str], None]
@@ -79,19 +80,6 @@ def parse_int_list(text: str | int | None, what: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise PipelineError("no manifest.json: not an artifact folder (build one with `python -m pipeline build`)", folder)
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"manifest.json is not valid JSON ({err})", path) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or "model" not in manifest:
-        raise PipelineError("manifest.json lacks files[] or model", path)
-    return manifest
-
-
 def model_files(manifest: dict) -> list[dict]:
     return [f for f in manifest["files"] if f.get("runtime") in ("executorch", "litert")]
 
@@ -110,6 +98,19 @@ def artifact_candidates(folder: Path, manifest: dict, params: int) -> list[dict]
             "bytes": size, "bytes_per_parameter": round(size / params, 4), "origin": "artifact",
         })
     return out
+
+
+def compared_candidates(folder: Path, length: int) -> list[dict]:
+    """`--compare`: another folder's model files (e.g. a model variant), run in the same interleaved rounds.
+    Their rows are marked `compared` and never count for this folder's targets."""
+    manifest = read_manifest(folder)
+    own = int(manifest["model"].get("max_length") or 0)
+    if own != length:
+        return []
+    label = manifest["model"].get("name") or folder.name
+    params = int(manifest["model"]["params"])
+    return [{**c, "name": f"{label}: {c['name']}", "compared": True, "origin": f"--compare {folder}",
+             "params": params} for c in artifact_candidates(folder, manifest, params)]
 
 
 def export_input_names(manifest: dict) -> list[str]:
@@ -250,6 +251,8 @@ def command_line(args) -> str:
         parts.append(f"--out {args.out}")
     if getattr(args, "rebuild_lengths", False):
         parts.append("--rebuild-lengths")
+    for other in getattr(args, "compare", None) or []:
+        parts.append(f"--compare {other}")
     return " ".join(parts)
 
 
@@ -266,6 +269,9 @@ def bench(args, log: Log = print) -> int:
     out_dir = Path(args.out) if getattr(args, "out", None) else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     rebuild = bool(getattr(args, "rebuild_lengths", False))
+    compare = [Path(c) for c in (getattr(args, "compare", None) or [])]
+    for other in compare:
+        read_manifest(other)  # a clear error before anything runs
     own_length = int(manifest["model"].get("max_length") or manifest.get("tokenizer", {}).get("max_length") or 0)
     source = Path(manifest["model"]["source"])
     started = time.perf_counter()
@@ -296,6 +302,11 @@ def bench(args, log: Log = print) -> int:
                 length_sources[length] = (f"no artifacts: they are static at seq {own_length}; only eager PyTorch and "
                                           "ONNX Runtime ran (pass rebuild_lengths to rebuild them)")
                 notes.append(f"seq {length}: {length_sources[length]}")
+            for other in compare:
+                added = compared_candidates(other, length)
+                if not added:
+                    notes.append(f"seq {length}: --compare {other} has no artifacts at this length")
+                candidates += added
             candidates += eager_candidates(model, source, params)
             log(f"[bench] seq {length}: exporting ONNX and quantize_dynamic")
             candidates += ort_candidates(model, length, names, scratch, params)
@@ -308,10 +319,14 @@ def bench(args, log: Log = print) -> int:
                     got = latency[c["name"]]
                     rows.append({**{k: v for k, v in c.items() if k != "input_names"}, "seq": length, "threads": t,
                                  "load_ms": got["load_ms"], **summarize(got["latencies_s"]),
-                                 "max_abs_diff_vs_export_model": got["max_abs_diff_vs_export_model"]})
+                                 # another model's logits: no comparison with this model's
+                                 "max_abs_diff_vs_export_model": None if c.get("compared")
+                                 else got["max_abs_diff_vs_export_model"]})
             mem_threads = max(threads)
             log(f"[bench] seq {length}: peak memory, one fresh process per candidate ({mem_threads} threads)")
             for c in candidates:
+                if c.get("compared"):  # latency and size only: one process per candidate is costly
+                    continue
                 memory = run_worker({"mode": "memory", "threads": mem_threads, "length": length, "inputs": str(inputs),
                                      "source": str(source), "candidates": [c]}, scratch, log)
                 for row in rows:
@@ -393,6 +408,8 @@ def machine_info() -> dict:
 
 def _pick(rows: list[dict], seq: int, threads: int, kind: str, precision: str) -> dict | None:
     for r in rows:
+        if r.get("compared"):  # another model's files (--compare) never stand in for this folder's
+            continue
         if r["seq"] == seq and r["threads"] == threads and r["kind"] == kind and r["precision"].startswith(precision):
             return r
     return None
@@ -429,7 +446,8 @@ def check_targets(rows: list[dict], seq: int, threads: list[int], params: int) -
         checks.append(_latency_check("fp32 .pte latency <= 1.2 x fp32 .tflite", pte32, tfl32, PTE_FP32_VS_TFLITE_FP32, t, seq))
     seen = set()
     for r in rows:
-        if r["kind"] not in ("executorch", "litert") or not r["precision"].startswith("int8") or r["name"] in seen:
+        if (r["kind"] not in ("executorch", "litert") or not r["precision"].startswith("int8") or r["name"] in seen
+                or r.get("compared")):
             continue
         seen.add(r["name"])
         limit = INT8_BYTES_PER_PARAM * params
@@ -525,7 +543,13 @@ def render_markdown(result: dict) -> str:
     lines += ["", "Eager size is the checkpoint's weights file (it may be stored in fp16). ONNX Runtime files come from a "
               "plain `torch.onnx.export` of the export model (opset 17) and `onnxruntime.quantization.quantize_dynamic` "
               "(QInt8 weights). \"max abs Δ logit\": one input row, each candidate against the eager export model (a sanity "
-              "check that every candidate computes the same function).", "", "## Targets", ""]
+              "check that every candidate computes the same function)."]
+    compared = sorted({r["origin"] for r in result["rows"] if r.get("compared")})
+    if compared:
+        lines += ["", f"Rows named `<model>: <file>` come from {', '.join(compared)}: another model, run in the same "
+                  "interleaved rounds for a like-for-like latency comparison; their B/param is against their own "
+                  "parameter count and they count for no target."]
+    lines += ["", "## Targets", ""]
     for t in result["targets"]:
         where = "" if t.get("seq") is None else f" (seq {t['seq']}, {t['threads']} thread{'s' if t['threads'] != 1 else ''})"
         lines.append(f"- **{t['status']}** {t['target']}{where}: {t['detail']}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -91,6 +90,19 @@ def recover_leftovers(out_root: Path, target: str) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def keep_rejected(workdir: Path, failed: Path) -> Path | None:
+    """A stage that refused a file left it in a scratch folder of the work dir (deleted next): move it out."""
+    scratches = sorted(workdir.glob(".*-work")) if workdir.is_dir() else []
+    if not scratches:
+        return None
+    failed.mkdir(parents=True, exist_ok=True)
+    for scratch in scratches:
+        target = failed / scratch.name.lstrip(".")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(scratch, target)
+    return failed
+
+
 def load_build_data(config: PipelineConfig, model: LoadedModel, is_default: bool) -> tuple[LabeledTexts, LabeledTexts]:
     """(calibration, eval) texts: the user's files, else small_fine_foods (train for calibration, test for eval)."""
     b = config.build
@@ -147,56 +159,118 @@ def lower_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, 
                 log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {len(check)} rows")
         return traced
 
-    if "executorch" in b.runtimes:
-        from pipeline.stages.executorch import lower_executorch
-        from pipeline.stages.quantize import quantize
-
-        for precision in b.precisions:
-            key = content_key(base_key, "executorch", precision, asdict(config.quantize), calibration_key)
-            hit = cache.get("executorch", key)
-            name = f"{b.name}.{precision}.pte"
-            if hit:
-                artifacts.append(_artifact_from(*hit, workdir))
-                log(f"[lower] {name}: cached")
-                continue
-            t = traced_model()
-            if precision == "fp32":
-                with timer(f"lower {name}"):
-                    artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels)
-            elif precision == "int8":
-                with timer(f"quantize {name}"):
-                    quantized = quantize(model, t, calibration, config.quantize)
-                with timer(f"lower {name}"):
-                    artifact = lower_executorch(quantized.exported, workdir / name, "int8", t.input_names,
-                                                model.spec.num_labels)
-                artifact.details["quantization"] = quantized.settings
-            else:
-                raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
-            check_size(artifact, model)
-            cache.put("executorch", key, {name: artifact.path}, _artifact_meta(artifact))
-            artifacts.append(artifact)
-
+    tflite = None
     if "litert" in b.runtimes:
-        from pipeline.stages.tflite import lower_tflite
-
-        key = content_key(base_key, "litert", asdict(config.tflite), b.precisions, calibration_key)
-        hit = cache.get("litert", key)
+        tflite_key = content_key(base_key, "litert", asdict(config.tflite), b.precisions, calibration_key)
+        hit = cache.get("litert", tflite_key)
         if hit:
             entry, meta = hit
-            for item in meta["artifacts"]:
-                artifacts.append(_artifact_from(entry, item, workdir))
-            log(f"[lower] {', '.join(i['file'] for i in meta['artifacts'])}: cached")
+            tflite = [_artifact_from(entry, item, workdir) for item in meta["artifacts"]]
+            log(f"[lower] {', '.join(a.file_name for a in tflite)}: cached")
         else:
-            with timer("lower tflite"):
-                made = lower_tflite(model, config.tflite, b.max_length, workdir, calibration, check, name=b.name, log=log)
+            tflite = TFLiteInBackground(model, config, calibration, check, workdir, timer, log)
+
+    try:
+        if "executorch" in b.runtimes:
+            artifacts.extend(lower_executorch_all(config, model, calibration, calibration_key, base_key, traced_model,
+                                                  workdir, cache, timer, log))
+        if isinstance(tflite, TFLiteInBackground):
+            made = tflite.result()
             made = [a for a in made if a.precision.split("-")[0] in b.precisions]
             for artifact in made:
                 check_size(artifact, model)
-            cache.put("litert", key, {a.file_name: a.path for a in made}, {"artifacts": [_artifact_meta(a) for a in made]})
-            artifacts.extend(made)
+            cache.put("litert", tflite_key, {a.file_name: a.path for a in made},
+                      {"artifacts": [_artifact_meta(a) for a in made]})
+            tflite = made
+    finally:
+        if isinstance(tflite, TFLiteInBackground):
+            tflite.stop()
+    artifacts.extend(tflite or [])
     if not artifacts:
         raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
     return artifacts
+
+
+def lower_executorch_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, calibration_key: str,
+                         base_key: list, traced_model: Callable, workdir: Path, cache: StageCache, timer: StageTimer,
+                         log: Log) -> list[Artifact]:
+    from pipeline.stages.executorch import lower_executorch
+    from pipeline.stages.quantize import quantize
+
+    b = config.build
+    artifacts = []
+    for precision in b.precisions:
+        key = content_key(base_key, "executorch", precision, asdict(config.quantize), calibration_key)
+        hit = cache.get("executorch", key)
+        name = f"{b.name}.{precision}.pte"
+        if hit:
+            artifacts.append(_artifact_from(*hit, workdir))
+            log(f"[lower] {name}: cached")
+            continue
+        t = traced_model()
+        if precision == "fp32":
+            with timer(f"lower {name}"):
+                artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels)
+        elif precision == "int8":
+            with timer(f"quantize {name}"):
+                quantized = quantize(model, t, calibration, config.quantize)
+            with timer(f"lower {name}"):
+                artifact = lower_executorch(quantized.exported, workdir / name, "int8", t.input_names,
+                                            model.spec.num_labels)
+            artifact.details["quantization"] = quantized.settings
+        else:
+            raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
+        check_size(artifact, model)
+        cache.put("executorch", key, {name: artifact.path}, _artifact_meta(artifact))
+        artifacts.append(artifact)
+    return artifacts
+
+
+class TFLiteInBackground:
+    """The TFLite stage on a worker thread, beside the ExecuTorch lowering.
+
+    Both lowerings are single-threaded Python; the onnx2tf converter runs in its own process, so on two cores
+    the two overlap (the cold default build is ~90 s shorter). The stage's in-process torch work (ONNX export)
+    finishes before this returns, so it never runs concurrently with torch.export in the caller's thread.
+    """
+
+    def __init__(self, model: LoadedModel, config: PipelineConfig, calibration: Encoded, check: Encoded,
+                 workdir: Path, timer: StageTimer, log: Log):
+        import threading
+
+        from pipeline.stages.tflite import lower_tflite
+
+        self._stop = threading.Event()
+        torch_done = threading.Event()
+        self._outcome: list = []
+        b = config.build
+
+        def run() -> None:
+            try:
+                with timer("lower tflite"):
+                    self._outcome.append(lower_tflite(model, config.tflite, b.max_length, workdir, calibration, check,
+                                                      name=b.name, log=log, stop=self._stop,
+                                                      on_torch_done=torch_done.set))
+            except BaseException as err:  # handed to the caller's thread by result()
+                self._outcome.append(err)
+            finally:
+                torch_done.set()
+
+        self._thread = threading.Thread(target=run, name="tflite", daemon=True)
+        self._thread.start()
+        torch_done.wait()
+
+    def result(self) -> list[Artifact]:
+        self._thread.join()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def stop(self) -> None:
+        """Ends the converter subprocess if the build is leaving early (error, Ctrl-C)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -295,6 +369,11 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                          "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
                 final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,
                                             reference, out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
+        except PipelineError as err:
+            kept = keep_rejected(workdir, out_root / f"{b.target}.failed")
+            if kept:
+                log(f"rejected converter files kept for inspection in {kept}")
+            raise err
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     log(f"artifacts: {final.resolve()}")

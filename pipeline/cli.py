@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from pipeline.config import TARGETS, load_config
 from pipeline.errors import DriftError, PipelineError
@@ -82,11 +81,15 @@ def _add_compress(sub) -> None:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="size, latency and memory of every artifact vs eager PyTorch and ONNX Runtime")
-    p.add_argument("--artifacts", default="artifacts/android")
-    p.add_argument("--threads", default="2")
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--max-length", default="128")
+    p.add_argument("--artifacts", default="artifacts/android", help="a target's artifact folder (default: artifacts/android)")
+    p.add_argument("--threads", default="2", help="comma list of thread counts, e.g. 1,2 (default: 2)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per candidate, after warm-up (default: 30)")
+    p.add_argument("--max-length", default="128",
+                   help="comma list of sequence lengths, e.g. 64,128,256 (default: 128)")
     p.add_argument("--out", help="where bench.json/bench.md/bench.png go (default: the artifacts folder)")
+    p.add_argument("--compare", action="append", metavar="DIR",
+                   help="another artifact folder (e.g. a model variant) whose files run in the same interleaved rounds; "
+                        "reported beside this folder's, not counted for its targets (repeatable)")
     p.add_argument("--rebuild-lengths", action="store_true",
                    help="rebuild the artifacts at each --max-length other than the folder's own (stage cache on)")
 

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.artifact import Artifact, TensorSpec
+from pipeline.artifact import Artifact, TensorSpec, read_manifest
 from pipeline.config import ThresholdConfig, load_thresholds
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.errors import DriftError, PipelineError
@@ -36,21 +36,6 @@ from pipeline.tokenization import Encoded, encode
 Log = Callable[[str], None]
 MODEL_SUFFIXES = (".pte", ".tflite")
 LOCALIZE_ROWS = 32
-
-
-def read_manifest(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise PipelineError("artifact folder not found", folder)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise PipelineError("no manifest.json: not an artifact folder made by `pipeline build`", folder)
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"not valid JSON ({err})", path) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or "model" not in manifest:
-        raise PipelineError("manifest has no 'files' list or no 'model' section", path)
-    return manifest
 
 
 def verify_files(folder: Path, manifest: dict) -> int:

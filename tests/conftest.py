@@ -9,6 +9,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import write_tiny_albert  # noqa: E402
 
+# The slowest files first, so that with `-n 2` (pytest-xdist) neither worker is left alone with a long file at the end.
+SLOW_FIRST = ("test_robustness", "tiny_builds", "test_gate", "test_tflite", "test_recurrent", "test_compress")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One xdist group per test file, so a file's module and session fixtures are built by one worker only; the
+    files sharing the session's tiny builds (`tiny_builds`) form one group. Run with `-n 2 --dist loadgroup`."""
+    shared = {item.path for item in items if "tiny_builds" in getattr(item, "fixturenames", ())}
+    groups = {}
+    for item in items:
+        group = "tiny_builds" if item.path in shared else item.path.stem
+        groups[item.nodeid] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))  # stable: file order kept within a group
+
 
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory) -> dict[str, Path]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,14 @@ MAX_LENGTH = 32  # the shared tiny build's static length
 
 @pytest.fixture(scope="session")
 def bench_run(tiny_builds, tmp_path_factory) -> tuple[Path, Path]:
-    """`python -m pipeline bench --runs 5 --threads 1` on the shared tiny android build (tests/conftest.py)."""
+    """`python -m pipeline bench --runs 5 --threads 1` on the shared tiny android build (tests/conftest.py), with
+    the ios build's files (same model) as a `--compare` folder."""
     from pipeline.cli import main
 
     folder = tiny_builds["android"]
     out = tmp_path_factory.mktemp("bench") / "bench"
     code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
-                 "--max-length", str(MAX_LENGTH), "--out", str(out)])
+                 "--max-length", str(MAX_LENGTH), "--out", str(out), "--compare", str(tiny_builds["ios"])])
     assert code == 0
     return folder, out
 
@@ -50,13 +50,17 @@ def test_latency_memory_and_load_are_measured(result):
         assert r["runs"] == 5, r["name"]
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"], r["name"]
         assert r["load_ms"] > 0, r["name"]
-        assert r["peak_rss_delta_mb"] is not None and r["peak_rss_delta_mb"] >= 0, r["name"]
+        if not r.get("compared"):
+            assert r["peak_rss_delta_mb"] is not None and r["peak_rss_delta_mb"] >= 0, r["name"]
         assert r["seq"] == MAX_LENGTH and r["threads"] == 1
     assert result["settings"]["warmup_runs"] >= 1
 
 
 def test_every_candidate_computes_the_same_function(result):
     for r in result["rows"]:
+        if r.get("compared"):
+            assert r["max_abs_diff_vs_export_model"] is None  # another model: no logit comparison
+            continue
         limit = 1e-3 if r["precision"] == "fp32" else 5.0  # int8 of a random tiny model: only gross errors
         assert r["max_abs_diff_vs_export_model"] <= limit, (r["name"], r["max_abs_diff_vs_export_model"])
 
@@ -76,6 +80,20 @@ def test_bench_md_names_the_command_and_checks_the_targets(bench_run, result):
             assert t["over_by_percent"] > 0 and "over" in t["detail"]
     png = bench_run[1] / "bench.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compared_folder_runs_in_the_same_rounds_and_counts_for_no_target(bench_run, tiny_builds, result):
+    ios = json.loads((tiny_builds["ios"] / "manifest.json").read_text())
+    label = ios["model"]["name"]
+    compared = {r["name"]: r for r in result["rows"] if r.get("compared")}
+    expected = {f"{label}: {f['path']}" for f in ios["files"]}
+    assert set(compared) == expected
+    for r in compared.values():
+        assert r["origin"] == f"--compare {tiny_builds['ios']}" and r["runs"] == 5
+    subjects = " ".join(str(t.get("detail", "")) + str(t.get("subject", "")) for t in result["targets"])
+    assert not any(name in subjects for name in compared), "a compared file was used for this folder's targets"
+    assert "--compare" in result["command"]
+    assert "run in the same interleaved rounds" in (bench_run[1] / "bench.md").read_text()
 
 
 def _row(name, kind, precision, median, size=1000):

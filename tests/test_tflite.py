@@ -204,3 +204,25 @@ def test_litert_torch_route(tmp_path):
         assert sorted(t.name for t in artifact.inputs) == ["attention_mask", "input_ids", "token_type_ids"]
         assert artifact.path.stat().st_size <= stage.size_limit(model, artifact.precision)
     assert artifacts[0].details["max_abs_error_check"] <= stage.FP32_MAX_ABS_ERROR
+
+
+def test_stop_kills_the_converter_and_keeps_nothing(tiny_albert, tmp_path):
+    """What build.py does when the build leaves early while the TFLite stage runs beside the ExecuTorch lowering:
+    the onnx2tf subprocess is killed at once (not left writing into the work folder) and the stage says so."""
+    import threading
+    import time
+
+    import psutil
+
+    model = _load(tiny_albert, 16)
+    rows = encode(model.tokenizer, TEXTS, 16)
+    stop = threading.Event()
+    workdir = tmp_path / "out"
+    me = psutil.Process()
+    began = time.perf_counter()
+    with pytest.raises(PipelineError, match="stopped"):
+        stage.lower_tflite(model, TFLiteConfig(), 16, workdir, calibration=rows, check=rows, log=lambda _: None,
+                           stop=stop, on_torch_done=stop.set)  # stop as soon as the converter starts
+    assert time.perf_counter() - began < 30, "the converter was not killed promptly"
+    assert not [p for p in me.children(recursive=True) if "_worker" in " ".join(p.cmdline())], "converter still running"
+    assert not list(workdir.glob("*.tflite"))

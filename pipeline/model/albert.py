@@ -18,7 +18,6 @@ from dataclasses import dataclass, asdict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")

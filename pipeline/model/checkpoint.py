@@ -83,7 +83,7 @@ def load_checkpoint(model_dir: str | Path, max_length: int | None = None) -> Loa
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise PipelineError("model directory not found", model_dir)
-    config_dict = _read_config(model_dir)
+    _read_config(model_dir)  # a clear error for a missing or non-ALBERT config.json, before the weights load
     state, weights_path = _load_state(model_dir)
     tokenizer = load_tokenizer(model_dir)
 

@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,7 +55,6 @@ from pipeline.tokenization import Encoded
 # --- the converter's sanity gate (the validate stage applies the real thresholds later) -----------------
 FP32_MAX_ABS_ERROR = 1e-3  # max |logit(.tflite) - logit(eager fp32)| over the check rows
 INT8_MIN_COSINE = 0.98  # cosine of all check logits, int8 file vs eager fp32
-INT8_MIN_TOP1_AGREEMENT = 0.9  # fraction of check rows with the same arg-max
 TIE_MARGIN = 0.05  # check rows whose reference top-2 margin < TIE_MARGIN x logit RMS are not counted in top-1
 SIZE_FACTOR = 1.25  # file bytes <= SIZE_FACTOR x num_parameters x bytes per weight + the allowance below
 # Graph allowance: the flatbuffer's ops, tensor names and shapes, unrolled per layer (onnx2tf ~12 KB a layer,
@@ -93,8 +93,16 @@ def lower_tflite(
     name: str = "albert",
     use_token_type_ids: bool = True,
     log: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+    on_torch_done: Callable[[], None] | None = None,
 ) -> list[Artifact]:
-    """Write and verify `<name>.fp32.tflite` and `<name>.int8.tflite` in `workdir`; return their Artifacts."""
+    """Write and verify `<name>.fp32.tflite` and `<name>.int8.tflite` in `workdir`; return their Artifacts.
+
+    For running beside other work on a thread (build.py overlaps it with the ExecuTorch lowering):
+    `on_torch_done` is called once this stage's in-process torch work (reference rows, ONNX export) is
+    over, so the caller can start its own torch work only then; what follows is the onnx2tf subprocess and
+    LiteRT runs. Setting `stop` kills the converter subprocess and ends the stage with a PipelineError.
+    """
     if config.converter not in CONVERTERS:
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
@@ -116,13 +124,16 @@ def lower_tflite(
     scratch.mkdir(parents=True)
 
     input_names = list(INPUT_ORDER if use_token_type_ids else INPUT_ORDER[:2])
+    torch_done = on_torch_done or (lambda: None)
     reference = _reference_logits(model.export_model, check, input_names)
     if config.converter == "onnx2tf":
-        made, onnx_path, extra = _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log)
+        made, onnx_path, extra = _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log,
+                                                  stop, torch_done)
         details = {"converter": "onnx2tf", "onnx_opset": ONNX_OPSET, **extra,
                    "tool_versions": _tool_versions("onnx2tf")}
     else:
         made, onnx_path = _convert_litert_torch(model, max_length, scratch, calibration, input_names, log), None
+        torch_done()
         details = {"converter": "litert-torch", "tool_versions": _tool_versions("litert-torch")}
     quantization = {"fp32": "none", "int8": config.quant if config.converter == "onnx2tf" else "static-pt2e"}
 
@@ -142,7 +153,7 @@ def lower_tflite(
                 where = "; " + _diagnose(onnx_path, produced, check, input_names, precision)
             _reject(produced)
             what = "the converter wrote a wrong file" if precision == "fp32" else "int8 drift beyond the sanity bound"
-            raise PipelineError(f"{failure}: {what}{where}; rejected, kept for inspection in {scratch}", final)
+            raise PipelineError(f"{failure}: {what}{where}; rejected (files kept in the {scratch.name} scratch folder)", final)
         limit = size_limit(model, precision)
         if metrics["bytes"] > limit:
             _reject(produced)
@@ -254,11 +265,11 @@ def _gate(precision: str, m: dict[str, Any]) -> str | None:
         return "non-finite logits"
     if precision == "fp32" and m["max_abs_error"] > FP32_MAX_ABS_ERROR:
         return f"max abs logit error {m['max_abs_error']:.4g} > {FP32_MAX_ABS_ERROR} vs the eager fp32 model"
-    if precision != "fp32":
-        if m["cosine"] < INT8_MIN_COSINE:
-            return f"logit cosine {m['cosine']:.4f} < {INT8_MIN_COSINE} vs the eager fp32 model"
-        if m["top1_agreement"] < INT8_MIN_TOP1_AGREEMENT:
-            return f"top-1 agreement {m['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT} vs the eager fp32 model"
+    # int8: only gross errors here. Top-1 agreement on a handful of check rows is too coarse to judge a file
+    # (one flip of 8 is 0.875: that refused the GRU student's int8 file, see README); it is recorded, and the
+    # validate stage judges it on the whole eval set with the configured thresholds.
+    if precision != "fp32" and m["cosine"] < INT8_MIN_COSINE:
+        return f"logit cosine {m['cosine']:.4f} < {INT8_MIN_COSINE} vs the eager fp32 model"
     return None
 
 
@@ -481,7 +492,7 @@ def _slim(path: Path) -> None:
     onnx.save(slimmed, str(path))
 
 
-def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log):
+def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log, stop=None, torch_done=None):
     onnx_path = scratch / "model.onnx"
     sample = (calibration if len(calibration) else _dummy(max_length)).row(0)
     started = time.perf_counter()
@@ -492,6 +503,8 @@ def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_name
         _slim(onnx_path)
     log(f"  ONNX export: {onnx_path.stat().st_size} bytes ({merged} duplicate initializers merged), "
         f"{time.perf_counter() - started:.1f} s")
+    if torch_done is not None:
+        torch_done()
 
     job = {
         "onnx": str(onnx_path),
@@ -522,28 +535,62 @@ def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_name
         shutil.rmtree(job["saved_model"], ignore_errors=True)
         started = time.perf_counter()
         with open(log_path, "w") as handle:
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-c",
-                     "import sys; from pipeline.stages.tflite import _worker; _worker(sys.argv[1])", str(job_path)],
-                    stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=str(scratch), timeout=ONNX2TF_TIMEOUT_S,
-                )
-            except subprocess.TimeoutExpired:
-                raise PipelineError(
-                    f"onnx2tf did not finish in {ONNX2TF_TIMEOUT_S} s (log: {log_path})", onnx_path
-                ) from None
+            code = _run_worker(job_path, handle, env, scratch, stop, onnx_path, log_path)
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        if proc.returncode == 0 and result.get("ok"):
+        if code == 0 and result.get("ok"):
             elapsed = time.perf_counter() - started
             log(f"  onnx2tf {options or ''} + TFLite converter ({config.quant} int8): {elapsed:.1f} s")
             made = {"fp32": Path(job["fp32"]), "int8": Path(job["int8"])}
             return made, onnx_path, {"onnx2tf_options": options, "onnx2tf_attempts": attempt}
-        reason = result.get("error") or _log_errors(log_path) or f"exit code {proc.returncode}"
+        reason = result.get("error") or _log_errors(log_path) or f"exit code {code}"
         ops = _log_ops(log_path)
         failures.append(f"attempt {attempt} {options or '(defaults)'}: {reason}{' at ONNX op ' + ops if ops else ''} "
                         f"(log: {log_path})")
         log(f"  onnx2tf attempt {attempt} failed: {reason[:200]}")
     raise PipelineError("onnx2tf conversion failed: " + "; ".join(failures), onnx_path)
+
+
+def _run_worker(job_path: Path, handle, env: dict, scratch: Path, stop: threading.Event | None, onnx_path: Path,
+                log_path: Path) -> int:
+    """The onnx2tf worker subprocess; killed when `stop` is set, on the timeout, or when this process dies."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pipeline.stages.tflite import _worker; _worker(sys.argv[1])",
+         str(job_path)],
+        stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=str(scratch), preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + ONNX2TF_TIMEOUT_S
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if stop is not None and stop.is_set():
+                raise PipelineError("the TFLite conversion was stopped", onnx_path)
+            if time.monotonic() > deadline:
+                raise PipelineError(f"onnx2tf did not finish in {ONNX2TF_TIMEOUT_S} s (log: {log_path})", onnx_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the thread that started it ends (Linux), so a killed build
+    leaves no converter writing into its work folder. Nothing is imported here (the parent has threads)."""
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+_PRCTL = _libc_prctl()
 
 
 def _dummy(max_length: int) -> Encoded:
