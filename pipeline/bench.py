@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_LENGTH = 128  # the targets are defined at sequence length 128
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 BENCH_TEXTS = 16  # real reviews cycled through as inputs
-IDLE_GAP_S = 0.003  # between timed calls: lets spinning thread pools park
+IDLE_GAP_S = 0.05  # between timed calls: lets spinning thread pools (ONNX Runtime, OpenMP) park; 3 ms was too short (see bench.md)
 MEMORY_RUNS = 5
 WORKER_TIMEOUT_S = 3600
 ONNX_OPSET = 17
@@ -525,7 +525,9 @@ def render_markdown(result: dict) -> str:
         f"Machine: {m.get('cpu', m.get('processor'))}, {m['cpu_count']} cores, load average "
         f"{m.get('load_average')}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
         f"Method: {s['runs']} timed runs per candidate after {s['warmup_runs']} warm-up runs (not counted), interleaved "
-        f"round-robin across all candidates in one process per thread setting; inputs: {s['inputs']}. Peak memory: "
+        f"round-robin across all candidates in one process per thread setting, {s.get('idle_gap_ms', 0):g} ms idle "
+        f"before each timed call (so one runtime's spinning threads never land on the next one's clock); inputs: "
+        f"{s['inputs']}. Peak memory: "
         "peak RSS minus the RSS after imports, one fresh process per candidate. Eager load time is "
         "building the model from the checkpoint (weights cast to fp32).",
         "",
