@@ -230,8 +230,9 @@ class TFLiteInBackground:
     """The TFLite stage on a worker thread, beside the ExecuTorch lowering.
 
     Both lowerings are single-threaded Python; the onnx2tf converter runs in its own process, so on two cores
-    the two overlap (the cold default build is ~90 s shorter). The stage's in-process torch work (ONNX export)
-    finishes before this returns, so it never runs concurrently with torch.export in the caller's thread.
+    they overlap (default model, quiet machine: 185 s in sequence, 115 s side by side). The stage's in-process
+    torch work (ONNX export) finishes before this returns, so it never runs beside torch.export in the caller's
+    thread.
     """
 
     def __init__(self, model: LoadedModel, config: PipelineConfig, calibration: Encoded, check: Encoded,
