@@ -84,3 +84,21 @@ def test_fp32_pte_transformer_is_fully_delegated(manifest):
     assert delegation["delegates"] == 1
     for op in ("aten_linear_default", "aten_bmm_default", "aten__softmax_default", "aten_mean_dim"):
         assert delegation["delegated_ops"].get(op, 0) > 0, op
+
+
+def test_refused_converter_files_are_moved_out_of_the_work_folder(tmp_path):
+    """The TFLite stage leaves a refused file in its scratch folder inside the build's work folder, which the build
+    deletes; keep_rejected moves it to <out>/<target>.failed/ first (the error message points there)."""
+    from pipeline.build import keep_rejected
+
+    work = tmp_path / ".android-work-123-abc"
+    scratch = work / ".albert.tflite-work"
+    scratch.mkdir(parents=True)
+    (scratch / "fp32.tflite.rejected").write_bytes(b"x")
+    (work / "albert.fp32.pte").write_bytes(b"y")  # a lowered file is not a scratch folder: it stays
+    failed = tmp_path / "android.failed"
+    assert keep_rejected(work, failed) == failed
+    assert (failed / "albert.tflite-work" / "fp32.tflite.rejected").read_bytes() == b"x"
+    assert not scratch.exists() and (work / "albert.fp32.pte").exists()
+    assert keep_rejected(work, failed) is None  # nothing left to keep
+    assert keep_rejected(tmp_path / "missing", failed) is None
