@@ -74,26 +74,6 @@ def _summary(metrics: Metrics, failures: list[str]) -> dict:
             "accuracy_delta": metrics.accuracy_delta, "passed": not failures, "failures": failures}
 
 
-def quantize_keeping_float(model, traced, calibration: Encoded, recipe: Recipe):
-    """What `pipeline.stages.quantize.quantize(..., keep_float_names=...)` does (same quantizer, rows, settings
-    record), with the module-name exclusion that works on executorch 1.5.1 (see localize.quantizer)."""
-    with torch.no_grad():
-        graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
-        converted = convert(graph, calibration, traced.input_names, recipe.config, recipe.keep_float_names)
-        exported = torch.export.export(converted, traced.example_inputs, strict=False)
-    config = recipe.config
-    kept = list(config.keep_float) + list(recipe.keep_float_names)
-    settings = {
-        "scheme": f"pt2e-{config.activations}",
-        "weights": "int8 symmetric per-channel",
-        "activations": f"int8 {config.activations}",
-        "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
-        "kept_float": kept + ([] if config.quantize_embedding else [WORD_EMBEDDING]),
-        "calibration_rows": min(config.calibration_samples, len(calibration)),
-    }
-    return exported, settings
-
-
 class Search:
     def __init__(self, model, result: ArtifactResult, recipe: Recipe, calibration: Encoded, encoded: Encoded,
                  reference: np.ndarray, labels, thresholds: ThresholdConfig, workdir: Path, log: Log):
@@ -130,14 +110,17 @@ class Search:
     def lower(self, keep: list[str]) -> ArtifactResult:
         from pipeline.build import check_size
         from pipeline.stages.executorch import lower_executorch
+        from pipeline.stages.quantize import quantize
 
         recipe = _recipe_with(self.recipe, keep)
         name = self.result.artifact.file_name
-        exported, settings = quantize_keeping_float(self.model, self.traced, self.calibration, recipe)
+        quantized = quantize(self.model, self.traced, self.calibration, recipe.config, recipe.keep_float_names)
         out = self.workdir / f"{len(keep)}" / name
-        artifact = lower_executorch(exported, out, "int8", self.input_names, self.model.spec.num_labels)
+        artifact = lower_executorch(quantized.exported, out, "int8", self.input_names, self.model.spec.num_labels)
         artifact.precision = self.result.artifact.precision
-        artifact.details["quantization"] = settings
+        artifact.details["quantization"] = quantized.settings
+        if not recipe.config.quantize_embedding:
+            artifact.details["quantization"]["kept_float"].append(WORD_EMBEDDING)
         check_size(artifact, self.model)
         self.lowerings += 1
         logits, latencies = run_artifact(artifact, self.encoded)

@@ -193,18 +193,6 @@ def _forget(probe: "_Probe") -> None:
     _STATE.pop(id(probe), None)
 
 
-def quantizer(config: QuantizeConfig, keep_float_names: list[str]):
-    """`make_quantizer` with modules kept float by name. XNNPACKQuantizer.set_module_name(name, None) asserts
-    (executorch 1.5.1) although its annotator treats a None config as "leave these nodes float", which is
-    what the name-based exclusion of the global config relies on; so the entry is set directly."""
-    composed = make_quantizer(config)
-    for part in getattr(composed, "quantizers", [composed]):
-        if hasattr(part, "module_name_config"):
-            for name in keep_float_names:
-                part.module_name_config[name] = None
-    return composed
-
-
 def convert(graph: torch.fx.GraphModule, calibration: Encoded, input_names: list[str], config: QuantizeConfig,
             keep_float_names: list[str], prefix: str = "") -> torch.fx.GraphModule:
     """PT2E prepare -> calibrate -> convert of an exported graph, as `pipeline.stages.quantize.quantize` does
@@ -214,7 +202,7 @@ def convert(graph: torch.fx.GraphModule, calibration: Encoded, input_names: list
     if len(calibration) == 0:
         raise PipelineError("no calibration texts")
     with torch.no_grad():
-        prepared = prepare_pt2e(graph, quantizer(config, [prefix + n for n in keep_float_names]))
+        prepared = prepare_pt2e(graph, make_quantizer(config, [prefix + n for n in keep_float_names]))
         for args in _rows(calibration, input_names, config.calibration_samples):
             prepared(*args)
         return convert_pt2e(prepared)
