@@ -100,10 +100,9 @@ def artifact_candidates(folder: Path, manifest: dict, params: int) -> list[dict]
     return out
 
 
-def compared_candidates(folder: Path, length: int) -> list[dict]:
+def compared_candidates(folder: Path, manifest: dict, length: int) -> list[dict]:
     """`--compare`: another folder's model files (e.g. a model variant), run in the same interleaved rounds.
     Their rows are marked `compared` and never count for this folder's targets."""
-    manifest = read_manifest(folder)
     own = int(manifest["model"].get("max_length") or 0)
     if own != length:
         return []
@@ -269,9 +268,8 @@ def bench(args, log: Log = print) -> int:
     out_dir = Path(args.out) if getattr(args, "out", None) else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     rebuild = bool(getattr(args, "rebuild_lengths", False))
-    compare = [Path(c) for c in (getattr(args, "compare", None) or [])]
-    for other in compare:
-        read_manifest(other)  # a clear error before anything runs
+    # read before anything runs: a bad folder is a clear error, not a failure halfway through
+    compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
     own_length = int(manifest["model"].get("max_length") or manifest.get("tokenizer", {}).get("max_length") or 0)
     source = Path(manifest["model"]["source"])
     started = time.perf_counter()
@@ -302,8 +300,8 @@ def bench(args, log: Log = print) -> int:
                 length_sources[length] = (f"no artifacts: they are static at seq {own_length}; only eager PyTorch and "
                                           "ONNX Runtime ran (pass rebuild_lengths to rebuild them)")
                 notes.append(f"seq {length}: {length_sources[length]}")
-            for other in compare:
-                added = compared_candidates(other, length)
+            for other, other_manifest in compare.items():
+                added = compared_candidates(other, other_manifest, length)
                 if not added:
                     notes.append(f"seq {length}: --compare {other} has no artifacts at this length")
                 candidates += added
