@@ -6,7 +6,7 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Candidates: every model file of the folder's manifest.json; eager PyTorch fp32 twice (transformers'
   AlbertForSequenceClassification, the float reference, and the project's export model); ONNX Runtime fp32
   on a `torch.onnx.export` of the export model, and ONNX Runtime dynamic int8
-  (`onnxruntime.quantization.quantize_dynamic` of that file): the route a user would otherwise pick.
+  (`quant_pre_process` + `quantize_dynamic` of that file, every linear int8): the route a user would otherwise pick.
 - Latency: one child process per thread setting (ExecuTorch's Python runtime takes its thread count only
   before the first program loads). It loads every candidate, runs warm-up calls (not counted), then
   `runs` rounds in which each candidate runs once, round-robin with a rotating start, so machine noise hits
@@ -143,18 +143,27 @@ def export_onnx(model, length: int, names: list[str], path: Path) -> None:
 
 
 def ort_candidates(model, length: int, names: list[str], scratch: Path, params: int) -> list[dict]:
+    """ONNX Runtime fp32 and dynamic int8 of the export model, by ONNX Runtime's documented route.
+
+    `quant_pre_process` before `quantize_dynamic` is not optional here: the exporter feeds ALBERT's shared
+    weights to layers 2..N through Identity nodes, and quantize_dynamic only quantizes a MatMul whose weight is
+    an initializer, so without it 30 of 39 linears stayed fp32 (13.3 MB, 2.23 B/param instead of 6.2 MB).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = scratch / f"ort.seq{length}.fp32.onnx"
+    prepared = scratch / f"ort.seq{length}.fp32-preprocessed.onnx"
     int8 = scratch / f"ort.seq{length}.int8.onnx"
     export_onnx(model, length, names, fp32)
+    quant_pre_process(str(fp32), str(prepared))
     import logging
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice about pre-processing on every call
+    root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(prepared), str(int8), weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
     out = []
@@ -162,7 +171,7 @@ def ort_candidates(model, length: int, names: list[str], scratch: Path, params: 
         size = path.stat().st_size
         out.append({"name": label, "kind": "ort", "runtime": "onnxruntime", "precision": precision, "path": str(path),
                     "input_names": names, "bytes": size, "bytes_per_parameter": round(size / params, 4),
-                    "origin": "torch.onnx.export" + (" + quantize_dynamic" if precision != "fp32" else "")})
+                    "origin": "torch.onnx.export" + (" + quant_pre_process + quantize_dynamic" if precision != "fp32" else "")})
     return out
 
 
@@ -279,6 +288,10 @@ def bench(args, log: Log = print) -> int:
     names = export_input_names(manifest)
     warmup = max(2, min(10, runs // 5))
 
+    has_target_artifacts = TARGET_LENGTH in lengths and (TARGET_LENGTH == own_length or rebuild)
+    profile_length = TARGET_LENGTH if has_target_artifacts else (own_length if own_length in lengths else None)
+    op_profile: dict | None = None
+
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     rows: list[dict] = []
     notes: list[str] = []
@@ -306,7 +319,7 @@ def bench(args, log: Log = print) -> int:
                     notes.append(f"seq {length}: --compare {other} has no artifacts at this length")
                 candidates += added
             candidates += eager_candidates(model, source, params)
-            log(f"[bench] seq {length}: exporting ONNX and quantize_dynamic")
+            log(f"[bench] seq {length}: exporting ONNX, quant_pre_process, quantize_dynamic")
             candidates += ort_candidates(model, length, names, scratch, params)
             inputs = encode_rows(model, length, scratch / f"inputs{length}.npz")
             for t in threads:
@@ -320,6 +333,13 @@ def bench(args, log: Log = print) -> int:
                                  # another model's logits: no comparison with this model's
                                  "max_abs_diff_vs_export_model": None if c.get("compared")
                                  else got["max_abs_diff_vs_export_model"]})
+            if length == profile_length:
+                profiled = [c for c in candidates if c["kind"] in ("executorch", "ort") and not c.get("compared")]
+                log(f"[bench] seq {length}: op-level profiles of {len(profiled)} candidates ({max(threads)} threads)")
+                op_profile = {"seq": length, "threads": max(threads), "runs": PROFILE_RUNS,
+                              "candidates": run_worker({"mode": "profile", "threads": max(threads), "length": length,
+                                                        "inputs": str(inputs), "source": str(source),
+                                                        "candidates": profiled}, scratch, log)}
             mem_threads = max(threads)
             log(f"[bench] seq {length}: peak memory, one fresh process per candidate ({mem_threads} threads)")
             for c in candidates:
@@ -360,6 +380,8 @@ def bench(args, log: Log = print) -> int:
         "targets": targets,
         "notes": notes,
     }
+    if op_profile:
+        result["op_profile"] = op_profile
     profile = profile_hint(manifest, folder, targets, model, target_length)
     if profile:
         result["profile"] = profile
@@ -541,8 +563,8 @@ def render_markdown(result: dict) -> str:
             f"{_opt(r['vs_eager'], '{:.2f}x')} | {_opt(r.get('peak_rss_delta_mb'), '{:.1f}')} | "
             f"{_opt(r.get('max_abs_diff_vs_export_model'), '{:.1e}')} |")
     lines += ["", "Eager size is the checkpoint's weights file (it may be stored in fp16). ONNX Runtime files come from a "
-              "plain `torch.onnx.export` of the export model (opset 17) and `onnxruntime.quantization.quantize_dynamic` "
-              "(QInt8 weights). \"max abs Δ logit\": one input row, each candidate against the eager export model (a sanity "
+              "plain `torch.onnx.export` of the export model (opset 17) and, for int8, ONNX Runtime's documented route: "
+              "`quant_pre_process` then `quantize_dynamic` (QInt8 weights; every linear layer int8). \"max abs Δ logit\": one input row, each candidate against the eager export model (a sanity "
               "check that every candidate computes the same function)."]
     compared = sorted({r["origin"] for r in result["rows"] if r.get("compared")})
     if compared:
@@ -555,9 +577,10 @@ def render_markdown(result: dict) -> str:
         lines.append(f"- **{t['status']}** {t['target']}{where}: {t['detail']}")
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    lines += _op_profile_lines(result.get("op_profile"))
     profile = result.get("profile")
     if profile:
-        lines += ["", "## Where the .pte time goes", "", f"Missed: {'; '.join(profile['missed'])}.", ""]
+        lines += ["", "## Delegation of the .pte files, eager op shares", "", f"Missed: {'; '.join(profile['missed'])}.", ""]
         for name, d in profile.get("pte_delegation", {}).items():
             lines.append(f"- {name}: {d.get('delegates')} XNNPACK delegate(s); ops on portable kernels: "
                          f"{d.get('undelegated_ops') or 'none'}")
@@ -566,6 +589,24 @@ def render_markdown(result: dict) -> str:
             lines += [f"- {o['op']}: {o['self_share'] * 100:.1f}% ({o['calls_per_run']} calls per run)"
                       for o in profile["export_model_top_ops"]]
     return "\n".join(lines) + "\n"
+
+
+def _op_profile_lines(op_profile: dict | None) -> list[str]:
+    if not op_profile:
+        return []
+    groups = [g for g, _ in OP_GROUPS] + ["other"]
+    lines = ["", f"## Where the time goes (op-level profiles, seq {op_profile['seq']}, {op_profile['threads']} threads)", "",
+             f"Each runtime's own profiler, {op_profile['runs']} runs after warm-up, median per op instance summed per op "
+             "type: ExecuTorch's ETDump with XNNPACK's per-operator events for the .pte files, ONNX Runtime's node "
+             "profile (enable_profiling). Run time is under the profiler. LiteRT's Python interpreter exposes no op "
+             "profiler (on a phone: `benchmark_model --enable_op_profiling=true`, docs/on_device_benchmarks.md).", "",
+             "| candidate | run ms | " + " | ".join(f"{g} ms" for g in groups) + " | top ops (ms) |",
+             "|---|---:|" + "---:|" * len(groups) + "---|"]
+    for name, p in op_profile["candidates"].items():
+        top = "; ".join(f"{o['op']} {o['ms']:.2f}" for o in p["top_ops"][:4])
+        lines.append(f"| {name} | {p['run_ms']:.2f} | "
+                     + " | ".join(f"{p['groups_ms'].get(g, 0.0):.2f}" for g in groups) + f" | {top} |")
+    return lines
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -751,6 +792,95 @@ def _open_all(candidates: list[dict], threads: int, source: str) -> tuple[dict, 
     return runners, load_ms
 
 
+# ------------------------------------------------------------------------------------------------ op profiles
+
+PROFILE_RUNS = 10
+PROFILE_WARMUP = 3
+# Op groups of the profile summary, matched on the runtime's op names (XNNPACK via ETDump, ONNX Runtime node types).
+OP_GROUPS = (("matrix multiply", ("fully connected", "matrix multiply", "matmul", "gemm")),
+             ("(de)quantize", ("convert", "quantize")))
+ETDUMP_WRAPPERS = {"Method::execute", "Method::init", "Program::load_method", "OPERATOR_CALL", "DELEGATE_CALL"}
+
+
+def op_group(op: str) -> str:
+    lowered = op.lower()
+    return next((group for group, words in OP_GROUPS if any(w in lowered for w in words)), "other")
+
+
+def _op_summary(per_op_ms: dict[str, float], total_ms: float) -> dict:
+    groups: dict[str, float] = {}
+    for op, ms in per_op_ms.items():
+        groups[op_group(op)] = groups.get(op_group(op), 0.0) + ms
+    ops = sorted(per_op_ms.items(), key=lambda kv: -kv[1])
+    return {"run_ms": round(total_ms, 3), "ops_ms": round(sum(per_op_ms.values()), 3),
+            "groups_ms": {g: round(ms, 3) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": op, "ms": round(ms, 3), "share": round(ms / total_ms, 4) if total_ms else None}
+                        for op, ms in ops[:8]]}
+
+
+def _profile_executorch(candidate: dict, rows: list[dict[str, np.ndarray]], scratch: Path) -> dict:
+    """XNNPACK's per-operator times from an ETDump of PROFILE_RUNS runs (median per op instance, summed per op type)."""
+    import re
+    import warnings
+
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    module = portable_lib._load_for_executorch(candidate["path"], enable_etdump=True, debug_buffer_size=0)
+    names = candidate["input_names"]
+    for i in range(PROFILE_WARMUP + PROFILE_RUNS):
+        row = rows[i % len(rows)]
+        module.forward([torch.from_numpy(np.ascontiguousarray(row[n], dtype=np.int64)) for n in names])
+    etdump = scratch / "profile.etdp"
+    module.write_etdump_result_to_file(str(etdump))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Output Buffer not found": no tensor data was asked for
+        inspector = Inspector(etdump_path=str(etdump))
+    per_op: dict[str, float] = {}
+    total = 0.0
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            if event.perf_data is None:
+                continue
+            median = float(np.median(event.perf_data.raw[-PROFILE_RUNS:]))
+            if event.name == "Method::execute":
+                total += median
+            elif event.name not in ETDUMP_WRAPPERS:
+                op = re.sub(r" #\d+$", "", event.name)
+                op = f"{op[len('native_call_'):]} (portable kernel)" if op.startswith("native_call_") else op
+                per_op[op] = per_op.get(op, 0.0) + median
+    return _op_summary(per_op, total)
+
+
+def _profile_ort(candidate: dict, rows: list[dict[str, np.ndarray]], threads: int, scratch: Path) -> dict:
+    """ONNX Runtime's node profile (enable_profiling) of the last PROFILE_RUNS runs, summed per op type."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(scratch / "ort-profile")
+    session = ort.InferenceSession(candidate["path"], options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for i in range(PROFILE_WARMUP + PROFILE_RUNS):
+        session.run(None, {n: rows[i % len(rows)][n] for n in names})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    run_windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-PROFILE_RUNS:]
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if any(start <= e["ts"] <= end for start, end in run_windows):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000.0 / len(run_windows)
+    total = float(np.median([end - start for start, end in run_windows])) / 1000.0
+    return _op_summary(per_op, total)
+
+
 def _inputs(path: str) -> list[dict[str, np.ndarray]]:
     data = np.load(path)
     n = len(data["input_ids"])
@@ -771,6 +901,12 @@ def worker(job: dict) -> dict:
                 runner.run(rows[i % len(rows)])
         peak, baseline = meter.stop()
         return {"peak_delta_mb": round(peak, 2), "baseline_mb": round(baseline, 1), "method": meter.method}
+
+    if job["mode"] == "profile":
+        _import_runtimes({c["kind"] for c in candidates}, threads)
+        scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=Path(job["result_path"]).parent))
+        return {c["name"]: (_profile_executorch(c, rows, scratch) if c["kind"] == "executorch"
+                            else _profile_ort(c, rows, threads, scratch)) for c in candidates}
 
     _import_runtimes({c["kind"] for c in candidates}, threads)
     runners, load_ms = _open_all(candidates, threads, job["source"])

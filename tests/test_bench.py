@@ -137,3 +137,42 @@ def test_markdown_renders_without_memory_or_profile():
               "targets": check_targets([], 128, [1], 10)}
     text = render_markdown(result)
     assert "## Targets" in text and "N/A" in text
+
+
+def test_op_profiles_say_where_each_runtime_spends_its_time(bench_run, result):
+    """ETDump (XNNPACK per-op events) for every .pte, ONNX Runtime's node profile for both ORT files."""
+    folder, out = bench_run
+    profile = result["op_profile"]
+    assert profile["seq"] == MAX_LENGTH and profile["threads"] == 1
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expected = {f["path"] for f in manifest["files"] if f["runtime"] == "executorch"}
+    expected |= {"onnxruntime fp32", "onnxruntime dynamic int8"}
+    assert set(profile["candidates"]) == expected
+    for name, p in profile["candidates"].items():
+        assert p["run_ms"] > 0 and p["top_ops"], name
+        assert p["groups_ms"].get("matrix multiply", 0) > 0, (name, p["groups_ms"])
+        # per-op times are parts of the run: together not (much) more than the profiled run time
+        assert 0 < p["ops_ms"] <= p["run_ms"] * 1.2 + 0.05, (name, p["ops_ms"], p["run_ms"])
+    int8_pte = next(p for n, p in profile["candidates"].items() if n.endswith(".int8.pte"))
+    assert any("QD8" in o["op"] or "QS8" in o["op"] for o in int8_pte["top_ops"]), int8_pte["top_ops"]
+    assert "## Where the time goes (op-level profiles" in (out / "bench.md").read_text()
+
+
+def test_ort_int8_baseline_quantizes_every_linear_layer(tiny_builds, tmp_path):
+    """ALBERT's shared weights reach layers 2..N through Identity nodes; quantize_dynamic alone left them fp32."""
+    import onnx
+
+    from pipeline.bench import INPUT_NAMES, ort_candidates
+    from pipeline.model.checkpoint import load_checkpoint
+
+    manifest = json.loads((tiny_builds["android"] / "manifest.json").read_text())
+    model = load_checkpoint(Path(manifest["model"]["source"]))
+    made = {c["precision"]: c for c in ort_candidates(model, MAX_LENGTH, list(INPUT_NAMES), tmp_path, model.num_parameters)}
+    graph = onnx.load(made["int8-dynamic"]["path"]).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Identity" and n.input[0] in constants for o in n.output}
+    float_linears = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    quantized = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    layers = model.spec.num_hidden_layers
+    assert not float_linears, float_linears
+    assert len(quantized) >= 6 * layers  # q, k, v, dense, ffn, ffn_output per layer call
