@@ -493,7 +493,7 @@ def profile_hint(manifest: dict, folder: Path, targets: list[dict], model, lengt
               and "latency" in t["target"]]
     if not missed:
         return None
-    hint: dict = {"missed": [t["target"] for t in missed], "pte_delegation": {}}
+    hint: dict = {"missed": list(dict.fromkeys(t["target"] for t in missed)), "pte_delegation": {}}
     for entry in model_files(manifest):
         if entry["runtime"] == "executorch":
             delegation = (entry.get("details") or {}).get("delegation")
