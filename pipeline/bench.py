@@ -15,6 +15,9 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Memory: one fresh child process per candidate. After its runtime is imported and the inputs are made,
   the kernel's peak-RSS counter is reset (/proc/self/clear_refs) and the baseline RSS read; the candidate
   is loaded and run; the reported peak is the peak RSS minus that baseline.
+- Op profiles (at seq 128, or the folder's own length, with the largest thread count): each runtime's own
+  profiler in one more child process: ExecuTorch's ETDump (XNNPACK's per-operator events) for every .pte,
+  ONNX Runtime's node profile for both ORT files; LiteRT's Python interpreter has none.
 - Sequence lengths: the artifacts are static-shape. At a length other than the folder's own, only eager
   and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt with
   `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
@@ -891,8 +894,8 @@ def worker(job: dict) -> dict:
     threads = int(job["threads"])
     candidates = job["candidates"]
     rows = _inputs(job["inputs"])
+    _import_runtimes({c["kind"] for c in candidates}, threads)
     if job["mode"] == "memory":
-        _import_runtimes({c["kind"] for c in candidates}, threads)
         meter = _PeakMeter()
         meter.start()
         runners, _ = _open_all(candidates, threads, job["source"])
@@ -903,12 +906,10 @@ def worker(job: dict) -> dict:
         return {"peak_delta_mb": round(peak, 2), "baseline_mb": round(baseline, 1), "method": meter.method}
 
     if job["mode"] == "profile":
-        _import_runtimes({c["kind"] for c in candidates}, threads)
         scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=Path(job["result_path"]).parent))
         return {c["name"]: (_profile_executorch(c, rows, scratch) if c["kind"] == "executorch"
                             else _profile_ort(c, rows, threads, scratch)) for c in candidates}
 
-    _import_runtimes({c["kind"] for c in candidates}, threads)
     runners, load_ms = _open_all(candidates, threads, job["source"])
     names = [c["name"] for c in candidates]
     # Sanity: every candidate computes the same function (a wrong input binding would show here).
