@@ -27,7 +27,8 @@ import torch
 from pipeline.artifact import Artifact
 from pipeline.config import ThresholdConfig
 from pipeline.data import LabeledTexts, sha256_file
-from pipeline.stages.localize import Localization, Recipe, convert, eager_logits
+from pipeline.stages.localize import Localization, Recipe, eager_logits
+from pipeline.stages.quantize import calibrate_and_convert
 from pipeline.stages.validate import ArtifactResult, Metrics, check_thresholds, compare, run_artifact
 from pipeline.tokenization import Encoded, encode
 
@@ -97,7 +98,8 @@ class Search:
         recipe = _recipe_with(self.recipe, keep)
         with torch.no_grad():
             graph = torch.export.export(self.model.export_model, self.traced.example_inputs, strict=False).module()
-        converted = convert(graph, self.calibration, self.input_names, recipe.config, recipe.keep_float_names)
+        converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe.config,
+                                          recipe.keep_float_names)
         logits = eager_logits(converted, self.encoded, self.input_names)
         metrics = compare(logits, self.reference, self.labels, [])
         failures = check_thresholds(self.result.artifact.file_name, metrics, self.limits)

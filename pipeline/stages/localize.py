@@ -46,7 +46,7 @@ from torch import nn
 from pipeline.config import QuantizeConfig
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertAttention, AlbertEmbeddings, AlbertLayer, ExportAlbert
-from pipeline.stages.quantize import FLOAT_MODULE_TYPES, make_quantizer
+from pipeline.stages.quantize import FLOAT_MODULE_TYPES, calibrate_and_convert
 from pipeline.tokenization import Encoded
 
 START_FRACTION = 0.5  # the error "starts" at the first call whose local error reaches this share of the largest
@@ -193,21 +193,6 @@ def _forget(probe: "_Probe") -> None:
     _STATE.pop(id(probe), None)
 
 
-def convert(graph: torch.fx.GraphModule, calibration: Encoded, input_names: list[str], config: QuantizeConfig,
-            keep_float_names: list[str], prefix: str = "") -> torch.fx.GraphModule:
-    """PT2E prepare -> calibrate -> convert of an exported graph, as `pipeline.stages.quantize.quantize` does
-    (same quantizer, same rows), without re-exporting: the result runs eagerly in PyTorch."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    if len(calibration) == 0:
-        raise PipelineError("no calibration texts")
-    with torch.no_grad():
-        prepared = prepare_pt2e(graph, make_quantizer(config, [prefix + n for n in keep_float_names]))
-        for args in _rows(calibration, input_names, config.calibration_samples):
-            prepared(*args)
-        return convert_pt2e(prepared)
-
-
 def eager_logits(module, encoded: Encoded, input_names: list[str]) -> np.ndarray:
     outputs = []
     with torch.no_grad():
@@ -276,7 +261,8 @@ def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], inpu
     taps = probe.taps
     _forget(probe)
     float_probe = exported.module()
-    quant_probe = convert(exported.module(), calibration, input_names, recipe.config, recipe.keep_float_names, PREFIX)
+    quant_probe = calibrate_and_convert(exported.module(), calibration, input_names, recipe.config,
+                                        [PREFIX + n for n in recipe.keep_float_names])
     modules = dict(model.named_modules())
     count = min(rows, len(evaluation))
     if not taps:

@@ -58,6 +58,27 @@ def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = 
     return ComposableQuantizer(parts)
 
 
+def calibrate_and_convert(
+    graph: torch.fx.GraphModule,
+    calibration: Encoded,
+    input_names: list[str],
+    config: QuantizeConfig,
+    keep_float_names: list[str] | None = None,
+) -> torch.fx.GraphModule:
+    """PT2E prepare -> calibrate on the first `config.calibration_samples` rows -> convert. The result runs
+    eagerly in PyTorch (the gate's localization and fallback use it so); `quantize` re-exports it for lowering."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if len(calibration) == 0:
+        raise PipelineError("no calibration texts")
+    with torch.no_grad():
+        prepared = prepare_pt2e(graph, make_quantizer(config, keep_float_names))
+        for index in range(min(config.calibration_samples, len(calibration))):
+            row = calibration.row(index)
+            prepared(*(torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names))
+        return convert_pt2e(prepared)
+
+
 def quantize(
     model: LoadedModel,
     traced: Traced,
@@ -66,18 +87,12 @@ def quantize(
     keep_float_names: list[str] | None = None,
 ) -> Quantized:
     """PT2E prepare -> calibrate on `calibration` rows -> convert -> re-export."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    if len(calibration) == 0:
+    if len(calibration) == 0:  # before the export, not after it
         raise PipelineError("no calibration texts")
     rows = min(config.calibration_samples, len(calibration))
     with torch.no_grad():
         graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
-        prepared = prepare_pt2e(graph, make_quantizer(config, keep_float_names))
-        for index in range(rows):
-            row = calibration.row(index)
-            prepared(*(torch.from_numpy(np.ascontiguousarray(row[n])) for n in traced.input_names))
-        converted = convert_pt2e(prepared)
+        converted = calibrate_and_convert(graph, calibration, traced.input_names, config, keep_float_names)
         exported = torch.export.export(converted, traced.example_inputs, strict=False)
     settings = {
         "scheme": f"pt2e-{config.activations}",
