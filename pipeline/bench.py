@@ -103,11 +103,15 @@ def artifact_candidates(folder: Path, manifest: dict, params: int) -> list[dict]
     return out
 
 
+def static_length(manifest: dict) -> int:
+    """The sequence length the folder's files were built for (0 if the manifest does not say)."""
+    return int(manifest["model"].get("max_length") or manifest.get("tokenizer", {}).get("max_length") or 0)
+
+
 def compared_candidates(folder: Path, manifest: dict, length: int) -> list[dict]:
     """`--compare`: another folder's model files (e.g. a model variant), run in the same interleaved rounds.
     Their rows are marked `compared` and never count for this folder's targets."""
-    own = int(manifest["model"].get("max_length") or 0)
-    if own != length:
+    if static_length(manifest) != length:
         return []
     label = manifest["model"].get("name") or folder.name
     params = int(manifest["model"]["params"])
@@ -282,7 +286,7 @@ def bench(args, log: Log = print) -> int:
     rebuild = bool(getattr(args, "rebuild_lengths", False))
     # read before anything runs: a bad folder is a clear error, not a failure halfway through
     compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
-    own_length = int(manifest["model"].get("max_length") or manifest.get("tokenizer", {}).get("max_length") or 0)
+    own_length = static_length(manifest)
     source = Path(manifest["model"]["source"])
     started = time.perf_counter()
     log(f"bench: {folder} ({own_length} tokens, static), lengths {lengths}, threads {threads}, {runs} runs")
@@ -816,7 +820,8 @@ def op_group(op: str) -> str:
 def _op_summary(per_op_ms: dict[str, float], total_ms: float) -> dict:
     groups: dict[str, float] = {}
     for op, ms in per_op_ms.items():
-        groups[op_group(op)] = groups.get(op_group(op), 0.0) + ms
+        group = op_group(op)
+        groups[group] = groups.get(group, 0.0) + ms
     ops = sorted(per_op_ms.items(), key=lambda kv: -kv[1])
     return {"run_ms": round(total_ms, 3), "ops_ms": round(sum(per_op_ms.values()), 3),
             "groups_ms": {g: round(ms, 3) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
