@@ -30,7 +30,7 @@ from pipeline.model.default import default_model_dir
 from pipeline.report import drift_table, write_reports
 from pipeline.stages import bundle as bundle_stage
 from pipeline.stages.trace import reference_logits, trace
-from pipeline.stages.validate import ArtifactResult, compare, check_thresholds, run_artifact
+from pipeline.numerics import ArtifactResult, compare, check_thresholds, run_artifact
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]

@@ -26,7 +26,7 @@ DEFAULT_MAX_LENGTH = 128
 
 @dataclass
 class Thresholds:
-    """Accuracy gate of one artifact against the float reference (see `stages/validate.py`)."""
+    """Accuracy gate of one artifact against the float reference (see `pipeline/numerics.py`)."""
 
     max_abs_error: float = 1e-3
     min_cosine: float = 0.9999

@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from pipeline.stages.validate import ArtifactResult
+from pipeline.numerics import ArtifactResult
 
 METRIC_LIMITS = (
     ("max_abs_error", "max_abs_error", "<="),
@@ -70,7 +70,7 @@ def markdown(results: list[ArtifactResult], title: str, context: dict) -> str:
 
 
 def fallback_markdown(fallback: dict) -> str:
-    """What `--auto-fallback` kept in float and what it cost (see stages/fallback.py)."""
+    """What `--auto-fallback` kept in float and what it cost (see gate/fallback.py)."""
     b0, b1 = fallback["bytes_before"], fallback["bytes_after"]
     l0, l1 = fallback["latency_ms_median_before"], fallback["latency_ms_median_after"]
     lines = [f"Kept in float: {', '.join(f'`{m}`' for m in fallback['kept_float']) or 'nothing'}",

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.data import sha256_file
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.report import result_dict, write_reports
-from pipeline.stages.validate import ArtifactResult
+from pipeline.numerics import ArtifactResult
 from pipeline.tokenization import Encoded, tokenizer_files
 
 SCHEMA_VERSION = 1

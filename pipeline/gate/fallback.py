@@ -1,7 +1,7 @@
 """`--auto-fallback`: keep the most sensitive modules of a failing int8 ExecuTorch artifact in float until
 its thresholds hold, then rewrite the file, golden.json and manifest.json atomically.
 
-Search. Candidates are the modules ranked by their *local* int8 error (stages/localize.py): first the
+Search. Candidates are the modules ranked by their *local* int8 error (gate/localize.py): first the
 quantized leaves (Linear layers; the word-embedding table, kept float by turning off its int8 table),
 then whole blocks (attention, layer) for error that comes from ops between the Linears (bmm, softmax,
 adds). Each candidate set is a prefix of that ranking. A prefix is first judged cheaply: the PT2E int8
@@ -27,9 +27,9 @@ import torch
 from pipeline.artifact import Artifact
 from pipeline.config import ThresholdConfig
 from pipeline.data import LabeledTexts, sha256_file
-from pipeline.stages.localize import Localization, Recipe, eager_logits
+from pipeline.gate.localize import Localization, Recipe, eager_logits
 from pipeline.stages.quantize import calibrate_and_convert
-from pipeline.stages.validate import ArtifactResult, Metrics, check_thresholds, compare, run_artifact
+from pipeline.numerics import ArtifactResult, Metrics, check_thresholds, compare, run_artifact
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]

@@ -7,10 +7,10 @@
     4. every model file in its real runtime vs the float reference, thresholds from
        --thresholds (TOML) or the defaults; a runtime that is missing or cannot run
        the file is exit 2, never a skip                                              (drift: exit 1)
-    5. for a failing int8 ExecuTorch file: where the error starts (stages/localize.py);
+    5. for a failing int8 ExecuTorch file: where the error starts (gate/localize.py);
        with --auto-fallback, the most sensitive modules are kept float until the
        thresholds hold and the file, golden.json and the manifest are rewritten
-       atomically (stages/fallback.py)
+       atomically (gate/fallback.py)
     6. report.json / report.md / report.junit.xml / PNGs into the folder (or --report-dir)
 
 Thresholds come from the file given or the defaults, deliberately not from the manifest: a folder must
@@ -30,7 +30,7 @@ from pipeline.artifact import Artifact, TensorSpec, read_manifest
 from pipeline.config import ThresholdConfig, load_thresholds
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.errors import DriftError, PipelineError
-from pipeline.stages.validate import ArtifactResult, check_thresholds, compare, run_artifact
+from pipeline.numerics import ArtifactResult, check_thresholds, compare, run_artifact
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
@@ -184,7 +184,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     for result in results:
         if not localizable(result):
             continue
-        from pipeline.stages import localize as loc
+        from pipeline.gate import localize as loc
 
         try:
             if calibration is None:
@@ -210,7 +210,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
                "reference": f"{model.model_dir} (sha256 {model.source_sha256[:16]}..., verified)",
                "files verified": count}
     if getattr(args, "auto_fallback", False) and any(not r.passed for r in results):
-        from pipeline.stages.fallback import fallback_folder
+        from pipeline.gate.fallback import fallback_folder
 
         if calibration is None:
             calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)

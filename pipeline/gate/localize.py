@@ -33,7 +33,7 @@ of the largest local error of any call: the first place a large error is introdu
 before the blocks that contain them, so a leaf Linear is named before its attention block when it
 explains the error; the block is named when the error comes from its other ops - bmm, softmax, adds).
 The ranking of modules by local error is what `--auto-fallback` keeps in float first
-(`pipeline/stages/fallback.py`).
+(`pipeline/gate/fallback.py`).
 """
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ class Localization:
 
     def to_dict(self) -> dict:
         return {"method": "per-module local and accumulated error of the PT2E int8 model run eagerly vs float "
-                          "(see pipeline/stages/localize.py)",
+                          "(see pipeline/gate/localize.py)",
                 "start": self.start, "largest": self.largest, "ranking": self.ranking,
                 "reproduction": self.reproduction, "rows": self.rows, "profile": self.profile, "notes": self.notes}
 

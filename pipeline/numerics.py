@@ -1,0 +1,155 @@
+"""Numerics of the gate, defined once: the metrics of an artifact against the float reference, the thresholds
+check, and `evaluate` (run an artifact in its runtime, compare, apply limits). Used by build, the gate, its
+fallback, bench and the converters' sanity checks.
+
+Metrics per artifact: max and mean abs logit error, cosine similarity (over all logits), top-1 agreement with
+the reference (every row counts), task accuracy and its delta from the reference's (when labels exist),
+confusion matrix, median latency (information only).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.artifact import Artifact
+from pipeline.config import Thresholds
+from pipeline.errors import PipelineError
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of all values of `a` and `b` (float64); 1.0 for two zero arrays that are equal."""
+    a, b = np.asarray(a).ravel().astype(np.float64), np.asarray(b).ravel().astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+
+
+def top1_agreement(logits: np.ndarray, reference: np.ndarray) -> float:
+    """Share of rows whose arg-max is the reference's."""
+    return float((np.asarray(logits).argmax(-1) == np.asarray(reference).argmax(-1)).mean())
+
+
+def max_abs_error(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(np.asarray(logits, dtype=np.float64) - reference).max())
+
+
+@dataclass
+class Metrics:
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float
+    top1_agreement: float
+    accuracy: float | None
+    reference_accuracy: float | None
+    accuracy_delta: float | None
+    confusion: list[list[int]] | None
+    latency_ms_median: float
+    rows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ArtifactResult:
+    artifact: Artifact
+    metrics: Metrics
+    thresholds: Thresholds
+    failures: list[str] = field(default_factory=list)
+    logits: np.ndarray | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, labels: list[int] | None, latencies: list[float]) -> Metrics:
+    if len(reference) == 0:
+        raise PipelineError("the eval set is empty: nothing to validate against")
+    error = np.abs(logits - reference)
+    predicted, expected = logits.argmax(-1), reference.argmax(-1)
+    accuracy = reference_accuracy = delta = confusion = None
+    if labels is not None:
+        truth = np.asarray(labels)
+        accuracy = float((predicted == truth).mean())
+        reference_accuracy = float((expected == truth).mean())
+        delta = accuracy - reference_accuracy
+        classes = reference.shape[1]
+        matrix = np.zeros((classes, classes), dtype=int)
+        np.add.at(matrix, (truth, predicted), 1)
+        confusion = matrix.tolist()
+    return Metrics(
+        max_abs_error=float(error.max()),
+        mean_abs_error=float(error.mean()),
+        cosine=cosine(logits, reference),
+        top1_agreement=top1_agreement(logits, reference),
+        accuracy=accuracy,
+        reference_accuracy=reference_accuracy,
+        accuracy_delta=delta,
+        confusion=confusion,
+        latency_ms_median=float(np.median(latencies) * 1000) if latencies else float("nan"),
+        rows=len(reference),
+    )
+
+
+def check_thresholds(name: str, metrics: Metrics, limits: Thresholds) -> list[str]:
+    """One message per violated limit: artifact, metric, value and limit."""
+    failures = []
+    if not metrics.max_abs_error <= limits.max_abs_error:  # `not <=` also catches NaN
+        failures.append(f"{name}: max_abs_error {metrics.max_abs_error:.4g} > limit {limits.max_abs_error:.4g}")
+    if not metrics.cosine >= limits.min_cosine:
+        failures.append(f"{name}: cosine {metrics.cosine:.6f} < limit {limits.min_cosine}")
+    if not metrics.top1_agreement >= limits.min_top1_agreement:
+        failures.append(f"{name}: top1_agreement {metrics.top1_agreement:.4f} < limit {limits.min_top1_agreement}")
+    if metrics.accuracy_delta is not None and not -metrics.accuracy_delta <= limits.max_accuracy_drop:
+        failures.append(
+            f"{name}: accuracy {metrics.accuracy:.4f} is {-metrics.accuracy_delta:.4f} below the float model's "
+            f"{metrics.reference_accuracy:.4f} > limit {limits.max_accuracy_drop}"
+        )
+    return failures
+
+
+def run_rows(runner, rows) -> tuple[np.ndarray, list[float]]:
+    """Every row of `rows` (an `Encoded`, or a list of input dicts) through `runner`: stacked outputs, seconds each."""
+    items = [rows.row(i) for i in range(len(rows))] if hasattr(rows, "row") else list(rows)
+    if not items:
+        raise PipelineError("no rows to run")
+    outputs, latencies = [], []
+    runner.run(items[0])  # warm-up
+    for item in items:
+        started = time.perf_counter()
+        outputs.append(np.asarray(runner.run(item), dtype=np.float32).reshape(1, -1))
+        latencies.append(time.perf_counter() - started)
+    return np.concatenate(outputs), latencies
+
+
+def run_artifact(artifact: Artifact, rows, num_threads: int = 2) -> tuple[np.ndarray, list[float]]:
+    """The artifact in its own runtime on every row; a runtime that loads but cannot run it is exit 2."""
+    from pipeline.runtimes import open_runner
+
+    runner = open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs], num_threads)
+    try:
+        return run_rows(runner, rows)
+    except PipelineError:
+        raise
+    except Exception as err:
+        raise PipelineError(f"{artifact.runtime} cannot run the artifact ({type(err).__name__}: {err})",
+                            artifact.path) from None
+
+
+def judge(artifact: Artifact, logits: np.ndarray, latencies: list[float], reference: np.ndarray,
+          labels: list[int] | None, limits: Thresholds) -> ArtifactResult:
+    """Outputs already computed -> metrics -> limits -> result."""
+    if logits.shape != reference.shape:
+        raise PipelineError(f"output shape {list(logits.shape)} does not match the reference's {list(reference.shape)}",
+                            artifact.path)
+    metrics = compare(logits, reference, labels, latencies)
+    return ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
+
+
+def evaluate(artifact: Artifact, rows, reference: np.ndarray, labels: list[int] | None,
+             limits: Thresholds) -> ArtifactResult:
+    """Run `artifact` on `rows` in its runtime and judge it against `reference` with `limits`."""
+    logits, latencies = run_artifact(artifact, rows)
+    return judge(artifact, logits, latencies, reference, labels, limits)

@@ -1,0 +1,69 @@
+"""The one runner interface: every runtime (ExecuTorch, LiteRT, ONNX Runtime, eager PyTorch, ...) runs a model file
+from named numpy inputs to one float32 output array, and is found by name in `RUNNERS`.
+
+Inputs are always bound by name (runtimes reorder and rename them) and cast to the dtype the file declares
+(LiteRT files often take int32 where PyTorch had int64). Thread settings live here too: each runtime takes
+its thread count where it can (ExecuTorch's Python runtime only once per process, before the first program
+loads).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class Runner:
+    """A loaded model. `input_names`: the canonical names `run` reads from its inputs dict."""
+
+    kind: str = ""
+    input_names: list[str]
+    path: Path
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def time_run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        out = self.run(inputs)
+        return out, time.perf_counter() - started
+
+
+RUNNERS: dict[str, Callable[..., Runner]] = {}
+
+
+def register(kind: str):
+    """Class decorator: `open_runner(path, kind, ...)` builds this class as `cls(path, input_names, num_threads)`."""
+
+    def add(cls):
+        cls.kind = kind
+        RUNNERS[kind] = cls
+        return cls
+
+    return add
+
+
+def canonical_input_name(name: str) -> str:
+    """'serving_default_input_ids:0' / 'args_0' / 'input_ids' -> 'input_ids' where recognisable."""
+    for known in INPUT_NAMES:
+        if known in name:
+            return known
+    return name
+
+
+def open_runner(path: Path, runtime: str, input_names: list[str] | None = None, num_threads: int = 2) -> Runner:
+    """The runner named `runtime` with the model at `path` loaded (a file, or a folder for eager checkpoints)."""
+    from pipeline import runtimes  # noqa: F401  (imports every runner module, which registers itself)
+
+    path = Path(path)
+    if runtime not in RUNNERS:
+        raise PipelineError(f"unknown runtime {runtime!r}; known: {sorted(RUNNERS)}", path)
+    if not path.exists():
+        raise PipelineError("artifact file not found", path)
+    return RUNNERS[runtime](path, list(input_names or INPUT_NAMES), num_threads)

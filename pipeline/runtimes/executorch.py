@@ -1,0 +1,46 @@
+"""ExecuTorch: a .pte in `executorch.runtime` (XNNPACK and the quantized kernels registered)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.runtimes.base import Runner, register
+
+_threads_set: list[int] = []
+
+
+def set_threads(num_threads: int) -> None:
+    """ExecuTorch's thread pool size. Only valid before the first program of the process loads (after: a
+    `malloc(): invalid next size` crash), so only the first call takes effect."""
+    if _threads_set:
+        return
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(num_threads)
+    _threads_set.append(num_threads)
+
+
+@register("executorch")
+class ExecuTorchRunner(Runner):
+    def __init__(self, path: Path, input_names: list[str], num_threads: int = 2):
+        try:
+            from executorch.runtime import Runtime
+            import executorch.kernels.quantized  # noqa: F401  registers quantized_decomposed::embedding_byte
+        except ImportError as err:
+            raise PipelineError(f"the ExecuTorch runtime is not installed ({err})", path) from None
+        import torch
+
+        self._torch = torch
+        try:
+            program = Runtime.get().load_program(Path(path))
+            self._method = program.load_method("forward")
+        except Exception as err:
+            raise PipelineError(f"ExecuTorch cannot load the program ({type(err).__name__}: {err})", path) from None
+        self.input_names = list(input_names)
+        self.path = Path(path)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        args = [self._torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.int64)) for n in self.input_names]
+        return self._method.execute(args)[0].numpy().astype(np.float32)
