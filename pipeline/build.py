@@ -1,55 +1,167 @@
-"""`pipeline build`: the composition of the stages for one target.
+"""`pipeline build`: the list of stages for one target, each run through the stage cache (pipeline/stage.py).
 
-    model -> data -> reference -> trace -> [quantize] -> lower (ExecuTorch, TFLite) -> validate -> bundle
+    model, data -> reference -> [trace] -> ExecuTorch fp32, int8 | TFLite (beside it, its converter in its own
+    process) -> validate (every artifact in its runtime) -> gate -> bundle
 
-Lowered files and runtime outputs are cached by content hash (pipeline/cache.py), so a rebuild with
-nothing changed, or with only thresholds changed, re-runs no lowering. The target folder is replaced
-only when every artifact passed validation.
+A rebuild with nothing changed, or with only thresholds changed, re-runs no lowering and no runtime: every
+stage's output is cached by a key of its inputs and the tool versions. The target folder is replaced only
+when every artifact passed validation.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import asdict
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
-from pipeline.artifact import Artifact, TensorSpec
-from pipeline.cache import StageCache, content_key, pid_alive, remove_stale
+from pipeline.artifact import Artifact
+from pipeline.cache import StageCache, pid_alive, remove_stale
 from pipeline.config import PipelineConfig
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods
 from pipeline.errors import DriftError, PipelineError
 from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
 from pipeline.report import drift_table, write_reports
-from pipeline.stages import bundle as bundle_stage
-from pipeline.stages.trace import reference_logits, trace
-from pipeline.numerics import ArtifactResult, compare, check_thresholds, run_artifact
+from pipeline.stage import Context, StageTimer, run_cached
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
 CHECK_ROWS = 8  # rows used to prove the export model matches the reference before lowering
 
 
-class StageTimer:
-    def __init__(self, log: Log):
-        self.log = log
-        self.started = time.perf_counter()
-        self.timings: dict[str, float] = {}
+def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
+    from pipeline.stages import bundle
+    from pipeline.stages.executorch import executorch_stage
+    from pipeline.stages.reference import reference_stage
+    from pipeline.stages.tflite import tflite_stage
+    from pipeline.stages.trace import trace
+    from pipeline.stages.validate import validate
 
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        self.log(f"[{stage}] ...")
-        began = time.perf_counter()
-        yield
-        self.timings[stage] = round(time.perf_counter() - began, 2)
-        self.log(f"[{stage}] done in {self.timings[stage]:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
+    b = config.build
+    timer = StageTimer(log)
+    out_root = Path(b.out_dir)
+    model_dir = Path(b.model_dir) if b.model_dir else default_model_dir()
+    log(f"build: target {b.target}, model {model_dir.name}, max_length {b.max_length}, out {out_root / b.target}")
+    with timer("model"):
+        model = load_checkpoint(model_dir, b.max_length)
+        log(f"  {model.num_parameters:,} parameters; reference {model.reference_kind}")
+    with timer("data"):
+        calibration_texts, eval_texts = load_build_data(config, model)
+        evaluation = encode(model.tokenizer, eval_texts.texts, b.max_length)
+        calibration = encode(model.tokenizer, calibration_texts.texts[: config.quantize.calibration_samples], b.max_length)
+        log(f"  eval: {len(evaluation)} texts from {eval_texts.source} ({evaluation.truncated} truncated to "
+            f"{b.max_length} tokens); calibration: {len(calibration)} texts from {calibration_texts.source}")
+    check = Encoded(evaluation.input_ids[:CHECK_ROWS], evaluation.attention_mask[:CHECK_ROWS],
+                    evaluation.token_type_ids[:CHECK_ROWS], 0)
+    with build_lock(out_root, b.target):
+        workdir = Path(tempfile.mkdtemp(dir=out_root.resolve(), prefix=f".{b.target}-work-{os.getpid()}-"))
+        ctx = Context(StageCache(b.cache_dir, enabled=use_cache, log=log), workdir, log, timer)
+        try:
+            reference = run_cached(reference_stage(model, evaluation), ctx)
+            if eval_texts.labels is not None:
+                log(f"  float reference accuracy {float((reference.argmax(1) == eval_texts.labels).mean()):.4f}")
+            traced = functools.cache(lambda: traced_logged(trace(model, check), ctx))
+            artifacts: list[Artifact] = []
+            with in_background(lambda stop, torch_done: run_cached(tflite_stage(
+                    model, config.tflite, b.max_length, workdir, calibration, check, b.name, log, stop, torch_done), ctx),
+                    enabled="litert" in b.runtimes) as tflite:
+                if "executorch" in b.runtimes:
+                    for precision in b.precisions:
+                        artifacts += run_cached(executorch_stage(model, precision, config.quantize, calibration, traced,
+                                                                 workdir, b.name, b.max_length), ctx)
+                artifacts += [a for a in tflite.result() if a.precision.split("-")[0] in b.precisions]
+            if not artifacts:
+                raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
+            with timer("validate"):
+                results = validate(artifacts, evaluation, reference, eval_texts.labels, config.thresholds, ctx)
+            for line in drift_table(results):
+                log(line)
+            failures = [f for r in results for f in r.failures]
+            if failures:
+                failed = out_root / f"{b.target}.failed"
+                write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
+                              {"target": b.target, "eval data": eval_texts.source})
+                log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
+                raise DriftError(failures)
+            with timer("bundle"):
+                extra = {"stage_seconds": timer.timings,
+                         "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
+                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
+                         "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
+                final = bundle.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts, reference,
+                                      out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
+        except PipelineError:
+            kept = keep_rejected(workdir, out_root / f"{b.target}.failed")
+            if kept:
+                log(f"rejected converter files kept for inspection in {kept}")
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log(f"artifacts: {final.resolve()}")
+    return final
+
+
+def traced_logged(traced, ctx: Context):
+    ctx.log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {CHECK_ROWS} rows")
+    return traced
+
+
+class Background:
+    """A stage on a worker thread, beside the caller's (the TFLite conversion beside the ExecuTorch lowering).
+
+    Both lowerings are single-threaded Python; the onnx2tf converter runs in its own process, so on two cores
+    they overlap (default model, quiet machine: 185 s in sequence, 115 s side by side). The worker's in-process
+    torch work (ONNX export) finishes before the caller goes on (`torch_done`), so it never runs beside
+    torch.export in the caller's thread. `stop` ends the converter process when the build leaves early.
+    """
+
+    def __init__(self, work: Callable[[threading.Event, Callable[[], None]], list[Artifact]] | None):
+        self._outcome: list = []
+        self._stop = threading.Event()
+        self._thread = None
+        if work is None:
+            return
+        torch_done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._outcome.append(work(self._stop, torch_done.set))
+            except BaseException as err:  # handed to the caller's thread by result()
+                self._outcome.append(err)
+            finally:
+                torch_done.set()
+
+        self._thread = threading.Thread(target=run, name="background-stage", daemon=True)
+        self._thread.start()
+        torch_done.wait()
+
+    def result(self) -> list[Artifact]:
+        if self._thread is None:
+            return []
+        self._thread.join()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def in_background(work, enabled: bool = True) -> Iterator[Background]:
+    background = Background(work if enabled else None)
+    try:
+        yield background
+    finally:
+        background.stop()
 
 
 @contextlib.contextmanager
@@ -103,7 +215,7 @@ def keep_rejected(workdir: Path, failed: Path) -> Path | None:
     return failed
 
 
-def load_build_data(config: PipelineConfig, model: LoadedModel, is_default: bool) -> tuple[LabeledTexts, LabeledTexts]:
+def load_build_data(config: PipelineConfig, model: LoadedModel) -> tuple[LabeledTexts, LabeledTexts]:
     """(calibration, eval) texts: the user's files, else small_fine_foods (train for calibration, test for eval)."""
     b = config.build
     names = model.label_names
@@ -124,258 +236,3 @@ def load_build_data(config: PipelineConfig, model: LoadedModel, is_default: bool
     if len(calibration) == 0:
         raise PipelineError("the calibration set is empty", b.calibration_data)
     return calibration, evaluation
-
-
-def _artifact_from(entry: Path, meta: dict, workdir: Path) -> Artifact:
-    target = workdir / meta["file"]
-    shutil.copy2(entry / meta["file"], target)
-    return Artifact(target, meta["runtime"], meta["precision"], [TensorSpec(**t) for t in meta["inputs"]],
-                    [TensorSpec(**t) for t in meta["outputs"]], meta["details"])
-
-
-def _artifact_meta(artifact: Artifact) -> dict:
-    return {"file": artifact.file_name, "runtime": artifact.runtime, "precision": artifact.precision,
-            "inputs": [t.to_dict() for t in artifact.inputs], "outputs": [t.to_dict() for t in artifact.outputs],
-            "details": artifact.details}
-
-
-def lower_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, check: Encoded, workdir: Path,
-              cache: StageCache, timer: StageTimer, log: Log) -> list[Artifact]:
-    """Every (runtime, precision) artifact the config asks for, from the cache where possible."""
-    from pipeline.stages.bundle import tool_versions
-
-    b = config.build
-    versions = tool_versions()
-    base_key = [model.source_sha256, b.max_length, versions, b.name]
-    calibration_key = content_key(calibration.input_ids.tolist()[: config.quantize.calibration_samples])
-    artifacts: list[Artifact] = []
-    traced = None
-
-    def traced_model():
-        nonlocal traced
-        if traced is None:
-            with timer("trace"):
-                traced = trace(model, check)
-                log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {len(check)} rows")
-        return traced
-
-    tflite = None
-    if "litert" in b.runtimes:
-        tflite_key = content_key(base_key, "litert", asdict(config.tflite), b.precisions, calibration_key)
-        hit = cache.get("litert", tflite_key)
-        if hit:
-            entry, meta = hit
-            tflite = [_artifact_from(entry, item, workdir) for item in meta["artifacts"]]
-            log(f"[lower] {', '.join(a.file_name for a in tflite)}: cached")
-        else:
-            tflite = TFLiteInBackground(model, config, calibration, check, workdir, timer, log)
-
-    try:
-        if "executorch" in b.runtimes:
-            artifacts.extend(lower_executorch_all(config, model, calibration, calibration_key, base_key, traced_model,
-                                                  workdir, cache, timer, log))
-        if isinstance(tflite, TFLiteInBackground):
-            made = tflite.result()
-            made = [a for a in made if a.precision.split("-")[0] in b.precisions]
-            for artifact in made:
-                check_size(artifact, model)
-            cache.put("litert", tflite_key, {a.file_name: a.path for a in made},
-                      {"artifacts": [_artifact_meta(a) for a in made]})
-            tflite = made
-    finally:
-        if isinstance(tflite, TFLiteInBackground):
-            tflite.stop()
-    artifacts.extend(tflite or [])
-    if not artifacts:
-        raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
-    return artifacts
-
-
-def lower_executorch_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, calibration_key: str,
-                         base_key: list, traced_model: Callable, workdir: Path, cache: StageCache, timer: StageTimer,
-                         log: Log) -> list[Artifact]:
-    from pipeline.stages.executorch import lower_executorch
-    from pipeline.stages.quantize import quantize
-
-    b = config.build
-    artifacts = []
-    for precision in b.precisions:
-        key = content_key(base_key, "executorch", precision, asdict(config.quantize), calibration_key)
-        hit = cache.get("executorch", key)
-        name = f"{b.name}.{precision}.pte"
-        if hit:
-            artifacts.append(_artifact_from(*hit, workdir))
-            log(f"[lower] {name}: cached")
-            continue
-        t = traced_model()
-        if precision == "fp32":
-            with timer(f"lower {name}"):
-                artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels)
-        elif precision == "int8":
-            with timer(f"quantize {name}"):
-                quantized = quantize(model, t, calibration, config.quantize)
-            with timer(f"lower {name}"):
-                artifact = lower_executorch(quantized.exported, workdir / name, "int8", t.input_names,
-                                            model.spec.num_labels)
-            artifact.details["quantization"] = quantized.settings
-        else:
-            raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
-        check_size(artifact, model)
-        cache.put("executorch", key, {name: artifact.path}, _artifact_meta(artifact))
-        artifacts.append(artifact)
-    return artifacts
-
-
-class TFLiteInBackground:
-    """The TFLite stage on a worker thread, beside the ExecuTorch lowering.
-
-    Both lowerings are single-threaded Python; the onnx2tf converter runs in its own process, so on two cores
-    they overlap (default model, quiet machine: 185 s in sequence, 115 s side by side). The stage's in-process
-    torch work (ONNX export) finishes before this returns, so it never runs beside torch.export in the caller's
-    thread.
-    """
-
-    def __init__(self, model: LoadedModel, config: PipelineConfig, calibration: Encoded, check: Encoded,
-                 workdir: Path, timer: StageTimer, log: Log):
-        import threading
-
-        from pipeline.stages.tflite import lower_tflite
-
-        self._stop = threading.Event()
-        torch_done = threading.Event()
-        self._outcome: list = []
-        b = config.build
-
-        def run() -> None:
-            try:
-                with timer("lower tflite"):
-                    self._outcome.append(lower_tflite(model, config.tflite, b.max_length, workdir, calibration, check,
-                                                      name=b.name, log=log, stop=self._stop,
-                                                      on_torch_done=torch_done.set))
-            except BaseException as err:  # handed to the caller's thread by result()
-                self._outcome.append(err)
-            finally:
-                torch_done.set()
-
-        self._thread = threading.Thread(target=run, name="tflite", daemon=True)
-        self._thread.start()
-        torch_done.wait()
-
-    def result(self) -> list[Artifact]:
-        self._thread.join()
-        outcome = self._outcome[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def stop(self) -> None:
-        """Ends the converter subprocess if the build is leaving early (error, Ctrl-C)."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
-SIZE_SLACK = 1.25  # file bytes may exceed parameters x bytes-per-weight by this factor (scales, fp32 norms)
-FILE_OVERHEAD = 256 * 1024  # program / flatbuffer metadata, independent of the model's size
-
-
-def check_size(artifact: Artifact, model: LoadedModel) -> None:
-    """Shared layers must stay shared: a file larger than its parameter count allows fails the build."""
-    per_weight = BYTES_PER_WEIGHT.get(artifact.precision.split("-")[0], 4)
-    limit = SIZE_SLACK * model.num_parameters * per_weight + FILE_OVERHEAD
-    size = artifact.path.stat().st_size
-    artifact.details["size_limit_bytes"] = int(limit)
-    if size > limit:
-        raise PipelineError(
-            f"{size:,} bytes exceeds {SIZE_SLACK} x {model.num_parameters:,} parameters x {per_weight} B + "
-            f"{FILE_OVERHEAD // 1024} KiB ({int(limit):,}): weights were duplicated (shared layers stored more than once?)", artifact.path)
-
-
-def validate_cached(artifacts: list[Artifact], evaluation: Encoded, reference: np.ndarray, labels, config: PipelineConfig,
-                    cache: StageCache, timer: StageTimer, log: Log) -> list[ArtifactResult]:
-    """Run every artifact on the eval rows (runtime outputs cached by artifact hash + eval data) and gate it."""
-    from pipeline.data import sha256_file
-
-    eval_key = content_key(evaluation.input_ids.tolist())
-    results = []
-    with timer("validate"):
-        for artifact in artifacts:
-            key = content_key(sha256_file(artifact.path), artifact.runtime, eval_key, bundle_stage.tool_versions())
-            hit = cache.get("outputs", key)
-            if hit:
-                logits = np.load(hit[0] / "logits.npy")
-                latencies = hit[1]["latencies"]
-            else:
-                logits, latencies = run_artifact(artifact, evaluation)
-                with tempfile.TemporaryDirectory() as tmp:
-                    np.save(Path(tmp) / "logits.npy", logits)
-                    cache.put("outputs", key, {"logits.npy": Path(tmp) / "logits.npy"}, {"latencies": latencies})
-            metrics = compare(logits, reference, labels, latencies)
-            limits = config.thresholds.for_artifact(artifact.file_name, artifact.precision)
-            result = ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
-            results.append(result)
-            log(f"  {artifact.file_name}: {'PASS' if result.passed else 'FAIL'}"
-                + ("" if result.passed else " — " + "; ".join(result.failures)))
-    return results
-
-
-def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
-    b = config.build
-    timer = StageTimer(log)
-    out_root = Path(b.out_dir)
-    is_default = b.model_dir is None
-    model_dir = Path(b.model_dir) if b.model_dir else default_model_dir()
-    log(f"build: target {b.target}, model {model_dir}, max_length {b.max_length}, out {out_root / b.target}")
-    with timer("model"):
-        model = load_checkpoint(model_dir, b.max_length)
-        log(f"  {model.num_parameters:,} parameters; reference {model.reference_kind}")
-    with timer("data"):
-        calibration_texts, eval_texts = load_build_data(config, model, is_default)
-        evaluation = encode(model.tokenizer, eval_texts.texts, b.max_length)
-        calibration = encode(model.tokenizer, calibration_texts.texts[: config.quantize.calibration_samples], b.max_length)
-        log(f"  eval: {len(evaluation)} texts from {eval_texts.source} ({evaluation.truncated} truncated to "
-            f"{b.max_length} tokens); calibration: {len(calibration)} texts from {calibration_texts.source}")
-    cache = StageCache(b.cache_dir, enabled=use_cache, log=log)
-    with build_lock(out_root, b.target):
-        with timer("reference"):
-            key = content_key(model.source_sha256, evaluation.input_ids.tolist(), "reference", bundle_stage.tool_versions())
-            hit = cache.get("reference", key)
-            if hit:
-                reference = np.load(hit[0] / "reference.npy")
-            else:
-                reference = reference_logits(model, evaluation)
-                with tempfile.TemporaryDirectory() as tmp:
-                    np.save(Path(tmp) / "reference.npy", reference)
-                    cache.put("reference", key, {"reference.npy": Path(tmp) / "reference.npy"}, {})
-            if eval_texts.labels is not None:
-                log(f"  float reference accuracy {float((reference.argmax(1) == np.array(eval_texts.labels)).mean()):.4f}")
-        check = Encoded(evaluation.input_ids[:CHECK_ROWS], evaluation.attention_mask[:CHECK_ROWS],
-                        evaluation.token_type_ids[:CHECK_ROWS], 0)
-        workdir = Path(tempfile.mkdtemp(dir=out_root.resolve(), prefix=f".{b.target}-work-{os.getpid()}-"))
-        try:
-            artifacts = lower_all(config, model, calibration, check, workdir, cache, timer, log)
-            results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log)
-            for line in drift_table(results):
-                log(line)
-            failures = [f for r in results for f in r.failures]
-            if failures:
-                failed = out_root / f"{b.target}.failed"
-                write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
-                              {"target": b.target, "eval data": eval_texts.source})
-                log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
-                raise DriftError(failures)
-            with timer("bundle"):
-                extra = {"stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
-                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
-                         "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
-                final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,
-                                            reference, out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
-        except PipelineError as err:
-            kept = keep_rejected(workdir, out_root / f"{b.target}.failed")
-            if kept:
-                log(f"rejected converter files kept for inspection in {kept}")
-            raise err
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    log(f"artifacts: {final.resolve()}")
-    return final

@@ -55,6 +55,9 @@ class ThresholdConfig:
 
 @dataclass
 class QuantizeConfig:
+    """The int8 recipe of the ExecuTorch files; written to the manifest as data (`details.quantization.recipe`)
+    and read back from there by the gate."""
+
     # "dynamic": int8 weights, activations quantized per inference (XNNPACK dynamically-quantized linears).
     # "static": int8 activations calibrated on real text. On the default model static int8 failed the gate
     # (cosine 0.9145, top-1 agreement 0.912 on the 1000 test reviews); dynamic passes. See README.
@@ -63,6 +66,8 @@ class QuantizeConfig:
     quantize_embedding: bool = True
     # Module types kept in float inside the int8 model (LayerNorm internals triple the error when quantized).
     keep_float: list[str] = field(default_factory=lambda: ["layernorm"])
+    # Modules kept in float by name (the gate's --auto-fallback writes these), e.g. "albert.pooler".
+    keep_float_names: list[str] = field(default_factory=list)
 
 
 @dataclass

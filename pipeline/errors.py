@@ -12,6 +12,7 @@ class PipelineError(Exception):
 
     def __init__(self, message: str, path: object | None = None):
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 

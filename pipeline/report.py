@@ -19,15 +19,12 @@ METRIC_LIMITS = (
 def result_dict(result: ArtifactResult) -> dict:
     artifact = result.artifact
     return {
-        "path": artifact.file_name,
-        "runtime": artifact.runtime,
-        "precision": artifact.precision,
+        **artifact.to_dict(),
         "bytes": artifact.path.stat().st_size if artifact.path.is_file() else None,
         "metrics": result.metrics.to_dict(),
         "thresholds": vars(result.thresholds),
         "passed": result.passed,
         "failures": result.failures,
-        "details": artifact.details,
     }
 
 

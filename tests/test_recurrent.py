@@ -76,7 +76,7 @@ def test_every_export_path_sees_the_unrolled_loop(gru_model_dir, tmp_path):
 
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.model.recurrent import unrolled_recurrence
-    from pipeline.stages.tflite import _export_onnx
+    from pipeline.stages.tflite.onnx_passes import export_onnx
 
     model = load_checkpoint(gru_model_dir, MAX_LENGTH)
     ids = torch.randint(5, 60, (1, MAX_LENGTH))
@@ -88,7 +88,7 @@ def test_every_export_path_sees_the_unrolled_loop(gru_model_dir, tmp_path):
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
     sample = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
-    _export_onnx(model, MAX_LENGTH, tmp_path / "model.onnx", names, sample)
+    export_onnx(model, MAX_LENGTH, tmp_path / "model.onnx", names, sample)
     ops = {node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node}
     assert "GRU" not in ops and "Loop" not in ops and "Sigmoid" in ops, ops
 

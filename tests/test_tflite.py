@@ -16,7 +16,10 @@ from pipeline.config import TFLiteConfig
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.runtimes import LiteRTRunner
+from pipeline.artifact import size_limit
+from pipeline.numerics import cosine
 from pipeline.stages import tflite as stage
+from pipeline.stages.tflite import onnx_passes, patch
 from pipeline.tokenization import Encoded, encode
 from tiny import write_tiny_albert
 
@@ -78,8 +81,8 @@ def _assert_good(artifacts, model, rows, max_length, input_names, workdir):
             assert error <= stage.FP32_MAX_ABS_ERROR
             assert artifact.details["quantization"] == "none"
         else:
-            assert stage._cosine(got, reference) >= stage.INT8_MIN_COSINE
-        assert artifact.path.stat().st_size <= stage.size_limit(model, artifact.precision)
+            assert cosine(got, reference) >= stage.INT8_MIN_COSINE
+        assert artifact.path.stat().st_size <= size_limit(model.num_parameters, model.spec.num_hidden_layers, artifact.precision)
     return reference
 
 
@@ -133,8 +136,8 @@ def test_max_length_256(tmp_path):
 def test_wrong_conversion_is_refused_and_names_the_op(tmp_path, monkeypatch):
     """Reproduce the silent onnx2tf trap (onnxslim + folded [1,128,128] embedding constant, 2 inputs): the
     stage must raise, name the first diverging op, and leave no .tflite under its final name."""
-    monkeypatch.setattr(stage, "_USE_ONNXSLIM", True)
-    monkeypatch.setattr(stage, "_FOLD_EMBEDDING_CONSTANTS", True)
+    monkeypatch.setattr(onnx_passes, "USE_ONNXSLIM", True)
+    monkeypatch.setattr(patch, "FOLD_EMBEDDING_CONSTANTS", True)
     model = _load(write_tiny_albert(tmp_path / "model", embedding_size=128, hidden_size=32), 128)
     with pytest.raises(PipelineError) as raised:
         _lower(tmp_path, model, 128, use_token_type_ids=False)
@@ -153,9 +156,9 @@ def test_onnx_export_stores_shared_layer_once(tmp_path):
     model = load_checkpoint(path, 32)
     rows = encode(model.tokenizer, TEXTS[:1], 32)
     onnx_path = tmp_path / "m.onnx"
-    stage._export_onnx(model, 32, onnx_path, ["input_ids", "attention_mask", "token_type_ids"], rows.row(0))
-    stage._dedupe_initializers(onnx_path)
-    stage._promote_scalar_constants(onnx_path)
+    onnx_passes.export_onnx(model, 32, onnx_path, ["input_ids", "attention_mask", "token_type_ids"], rows.row(0))
+    onnx_passes.dedupe_initializers(onnx_path)
+    onnx_passes.promote_scalar_constants(onnx_path)
     graph = onnx.load(str(onnx_path)).graph
     stored = sum(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
     assert stored <= model.num_parameters  # 6 layers, one set of weights (positions sliced to max_length)
@@ -202,7 +205,7 @@ def test_litert_torch_route(tmp_path):
     for artifact in artifacts:
         assert artifact.details["converter"] == "litert-torch"
         assert sorted(t.name for t in artifact.inputs) == ["attention_mask", "input_ids", "token_type_ids"]
-        assert artifact.path.stat().st_size <= stage.size_limit(model, artifact.precision)
+        assert artifact.path.stat().st_size <= size_limit(model.num_parameters, model.spec.num_hidden_layers, artifact.precision)
     assert artifacts[0].details["max_abs_error_check"] <= stage.FP32_MAX_ABS_ERROR
 
 

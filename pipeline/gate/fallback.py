@@ -15,6 +15,7 @@ median latency before/after on the eval rows) is recorded in the artifact's mani
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import shutil
 import tempfile
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 
 from pipeline.artifact import Artifact
-from pipeline.config import ThresholdConfig
+from pipeline.config import QuantizeConfig, ThresholdConfig
 from pipeline.data import LabeledTexts, sha256_file
-from pipeline.gate.localize import Localization, Recipe, eager_logits
+from pipeline.gate.localize import Localization, eager_logits, recipe_from_details
 from pipeline.stages.quantize import calibrate_and_convert
-from pipeline.numerics import ArtifactResult, Metrics, check_thresholds, compare, run_artifact
+from pipeline.numerics import ArtifactResult, Metrics, check_thresholds, compare, evaluate
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
@@ -39,7 +40,7 @@ BLOCK_KINDS = ("AlbertAttention", "AlbertLayer")
 MIN_LOCAL_ERROR = 1e-6  # modules whose own error is below this are already float (nothing to gain)
 
 
-def candidates(localization: Localization, recipe: Recipe) -> list[str]:
+def candidates(localization: Localization, recipe: QuantizeConfig) -> list[str]:
     """Module names to keep float, most sensitive first.
 
     A module's local error includes the quantization of its output activation, which XNNPACK's quantizer
@@ -51,23 +52,17 @@ def candidates(localization: Localization, recipe: Recipe) -> list[str]:
               for e in ranked if e["kind"] in LEAF_KINDS]
     blocks = [e["module"] for e in ranked if e["kind"] in BLOCK_KINDS]
     done = set(recipe.keep_float_names)
-    if not recipe.config.quantize_embedding:
+    if not recipe.quantize_embedding:
         done.add(WORD_EMBEDDING)
     ordered = list(dict.fromkeys(leaves + blocks + [WORD_EMBEDDING]))
     return [m for m in ordered if m not in done]
 
 
-def _recipe_with(recipe: Recipe, keep: list[str]) -> Recipe:
-    from dataclasses import replace
-
-    config = replace(recipe.config, keep_float=list(recipe.config.keep_float))
+def _recipe_with(recipe: QuantizeConfig, keep: list[str]) -> QuantizeConfig:
     names = list(recipe.keep_float_names)
-    for module in keep:
-        if module == WORD_EMBEDDING:
-            config.quantize_embedding = False
-        elif module not in names:
-            names.append(module)
-    return Recipe(config, names)
+    names += [m for m in keep if m != WORD_EMBEDDING and m not in names]
+    return replace(recipe, keep_float=list(recipe.keep_float), keep_float_names=names,
+                   quantize_embedding=recipe.quantize_embedding and WORD_EMBEDDING not in keep)
 
 
 def _summary(metrics: Metrics, failures: list[str]) -> dict:
@@ -76,7 +71,7 @@ def _summary(metrics: Metrics, failures: list[str]) -> dict:
 
 
 class Search:
-    def __init__(self, model, result: ArtifactResult, recipe: Recipe, calibration: Encoded, encoded: Encoded,
+    def __init__(self, model, result: ArtifactResult, recipe: QuantizeConfig, calibration: Encoded, encoded: Encoded,
                  reference: np.ndarray, labels, thresholds: ThresholdConfig, workdir: Path, log: Log):
         from pipeline.stages.trace import trace
 
@@ -98,8 +93,7 @@ class Search:
         recipe = _recipe_with(self.recipe, keep)
         with torch.no_grad():
             graph = torch.export.export(self.model.export_model, self.traced.example_inputs, strict=False).module()
-        converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe.config,
-                                          recipe.keep_float_names)
+        converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe)
         logits = eager_logits(converted, self.encoded, self.input_names)
         metrics = compare(logits, self.reference, self.labels, [])
         failures = check_thresholds(self.result.artifact.file_name, metrics, self.limits)
@@ -110,28 +104,24 @@ class Search:
         return not failures
 
     def lower(self, keep: list[str]) -> ArtifactResult:
-        from pipeline.build import check_size
-        from pipeline.stages.executorch import lower_executorch
-        from pipeline.stages.quantize import quantize
+        from pipeline.stages.executorch import executorch_stage
 
         recipe = _recipe_with(self.recipe, keep)
         name = self.result.artifact.file_name
-        quantized = quantize(self.model, self.traced, self.calibration, recipe.config, recipe.keep_float_names)
-        out = self.workdir / f"{len(keep)}" / name
-        artifact = lower_executorch(quantized.exported, out, "int8", self.input_names, self.model.spec.num_labels)
+        stem = name.removesuffix(".pte").rsplit(".", 1)[0]  # albert.int8.pte -> albert
+        stage = executorch_stage(self.model, "int8", recipe, self.calibration, lambda: self.traced,
+                                 self.workdir / f"{len(keep)}", stem, self.traced.max_length)
+        artifact = stage.run()[0]
         artifact.precision = self.result.artifact.precision
-        artifact.details["quantization"] = quantized.settings
-        if not recipe.config.quantize_embedding:
+        if not recipe.quantize_embedding:
             artifact.details["quantization"]["kept_float"].append(WORD_EMBEDDING)
-        check_size(artifact, self.model)
         self.lowerings += 1
-        logits, latencies = run_artifact(artifact, self.encoded)
-        metrics = compare(logits, self.reference, self.labels, latencies)
-        failures = check_thresholds(name, metrics, self.limits)
+        result = evaluate(artifact, self.encoded, self.reference, self.labels, self.limits)
+        metrics, failures = result.metrics, result.failures
         self.trials.append({"kept_float": list(keep), "where": "ExecuTorch runtime", **_summary(metrics, failures)})
         self.log(f"    float {keep}: .pte in the runtime {'PASS' if not failures else 'FAIL'} "
                  f"(max_abs {metrics.max_abs_error:.3g}, cosine {metrics.cosine:.5f})")
-        return ArtifactResult(artifact, metrics, self.limits, failures, logits)
+        return result
 
     def run(self, ranked: list[str]) -> tuple[ArtifactResult | None, list[str]]:
         if not ranked:
@@ -157,9 +147,9 @@ class Search:
 def fallback_artifact(model, result: ArtifactResult, localization: Localization, calibration: LabeledTexts,
                       encoded: Encoded, labels, reference: np.ndarray, thresholds: ThresholdConfig, workdir: Path,
                       log: Log) -> ArtifactResult | None:
-    recipe = Recipe.from_details(result.artifact.details)
+    recipe = recipe_from_details(result.artifact.details)
     max_length = encoded.input_ids.shape[1]
-    cal = encode(model.tokenizer, calibration.texts[: recipe.config.calibration_samples], max_length)
+    cal = encode(model.tokenizer, calibration.texts[: recipe.calibration_samples], max_length)
     ranked = candidates(localization, recipe)
     log(f"  auto-fallback {result.artifact.file_name}: candidates by local int8 error: {ranked}")
     search = Search(model, result, recipe, cal, encoded, reference, labels, thresholds, workdir, log)

@@ -26,11 +26,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.artifact import Artifact, TensorSpec, read_manifest
+from pipeline.artifact import Artifact, read_manifest
 from pipeline.config import ThresholdConfig, load_thresholds
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.errors import DriftError, PipelineError
-from pipeline.numerics import ArtifactResult, check_thresholds, compare, run_artifact
+from pipeline.numerics import ArtifactResult, evaluate
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
@@ -67,15 +67,6 @@ def model_entries(manifest: dict) -> list[dict]:
     if not entries:
         raise PipelineError("manifest lists no model files: nothing to validate")
     return entries
-
-
-def artifact_from_entry(folder: Path, entry: dict) -> Artifact:
-    try:
-        return Artifact(folder / entry["path"], entry["runtime"], entry["precision"],
-                        [TensorSpec(**t) for t in entry["inputs"]], [TensorSpec(**t) for t in entry["outputs"]],
-                        dict(entry.get("details") or {}))
-    except (KeyError, TypeError) as err:
-        raise PipelineError(f"manifest entry for {entry.get('path')} is incomplete ({err})") from None
 
 
 def load_reference(manifest: dict, model_dir: str | None):
@@ -125,19 +116,7 @@ def load_calibration(manifest: dict, calibration_data: str | None, label_names: 
 
 def run_one(artifact: Artifact, encoded: Encoded, reference: np.ndarray, labels, thresholds: ThresholdConfig,
             log: Log) -> ArtifactResult:
-    try:
-        logits, latencies = run_artifact(artifact, encoded)
-    except PipelineError:
-        raise
-    except Exception as err:  # a runtime that loads the file but cannot run it is an unusable artifact
-        raise PipelineError(f"{artifact.runtime} cannot run the artifact ({type(err).__name__}: {err})",
-                            artifact.path) from None
-    if logits.shape != reference.shape:
-        raise PipelineError(f"output shape {list(logits.shape)} does not match the reference's {list(reference.shape)}",
-                            artifact.path)
-    metrics = compare(logits, reference, labels, latencies)
-    limits = thresholds.for_artifact(artifact.file_name, artifact.precision)
-    result = ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
+    result = evaluate(artifact, encoded, reference, labels, thresholds.for_artifact(artifact.file_name, artifact.precision))
     log(f"  {artifact.file_name} ({artifact.runtime}): {'PASS' if result.passed else 'FAIL'}"
         + ("" if result.passed else " - " + "; ".join(result.failures)))
     return result
@@ -151,7 +130,7 @@ def localizable(result: ArtifactResult) -> bool:
 
 def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     from pipeline.report import plot_layer_errors, drift_table, write_reports
-    from pipeline.stages.trace import reference_logits
+    from pipeline.stages.reference import reference_logits
 
     folder = Path(args.artifacts)
     report_dir = Path(getattr(args, "report_dir", None) or folder)
@@ -178,7 +157,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     reference = reference_logits(model, encoded)
     log(f"  eval: {len(encoded)} texts from {texts.source}; thresholds: {thresholds_source}")
 
-    results = [run_one(artifact_from_entry(folder, e), encoded, reference, texts.labels, thresholds, log) for e in entries]
+    results = [run_one(Artifact.from_dict(folder, e), encoded, reference, texts.labels, thresholds, log) for e in entries]
     localizations = {}
     calibration = None
     for result in results:
@@ -189,8 +168,8 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
         try:
             if calibration is None:
                 calibration = load_calibration(manifest, getattr(args, "calibration_data", None), model.label_names)
-            recipe = loc.Recipe.from_details(result.artifact.details)
-            cal = encode(model.tokenizer, calibration.texts[: recipe.config.calibration_samples], max_length)
+            recipe = loc.recipe_from_details(result.artifact.details)
+            cal = encode(model.tokenizer, calibration.texts[: recipe.calibration_samples], max_length)
             names = [t.name for t in result.artifact.inputs]
             example = tuple(torch.from_numpy(np.ascontiguousarray(encoded.row(0)[n])) for n in names)
             found = loc.localize(model.export_model, example, names, recipe, cal, encoded, result.logits, LOCALIZE_ROWS)

@@ -46,36 +46,25 @@ from torch import nn
 from pipeline.config import QuantizeConfig
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertAttention, AlbertEmbeddings, AlbertLayer, ExportAlbert
-from pipeline.stages.quantize import FLOAT_MODULE_TYPES, calibrate_and_convert
+from pipeline.stages.quantize import calibrate_and_convert
 from pipeline.tokenization import Encoded
 
 START_FRACTION = 0.5  # the error "starts" at the first call whose local error reaches this share of the largest
 LEAF_TYPES = (nn.Linear, nn.Embedding)
 BLOCK_TYPES = (AlbertEmbeddings, AlbertAttention, AlbertLayer)
 PREFIX = "model."  # the probe wraps the export model as `model`
-PT2E_SCHEMES = {"pt2e-static": "static", "pt2e-dynamic": "dynamic"}  # details.quantization.scheme -> activations
 
 
-@dataclass
-class Recipe:
-    """How an int8 artifact was quantized, as recorded in its manifest entry."""
-
-    config: QuantizeConfig
-    keep_float_names: list[str]
-
-    @classmethod
-    def from_details(cls, details: dict) -> "Recipe":
-        settings = details.get("quantization")
-        if not isinstance(settings, dict) or settings.get("scheme") not in PT2E_SCHEMES:
-            raise PipelineError(f"the artifact records no PT2E quantization recipe ({settings!r})")
-        kept = list(settings.get("kept_float", []))
-        config = QuantizeConfig(
-            activations=PT2E_SCHEMES[settings["scheme"]],
-            calibration_samples=int(settings.get("calibration_rows", QuantizeConfig().calibration_samples)),
-            quantize_embedding=settings.get("embedding", "int8 per-row") != "fp32",
-            keep_float=[k for k in kept if k in FLOAT_MODULE_TYPES],
-        )
-        return cls(config, [k for k in kept if k not in FLOAT_MODULE_TYPES])
+def recipe_from_details(details: dict) -> QuantizeConfig:
+    """How an int8 artifact was quantized: the recipe its manifest entry records as data."""
+    settings = details.get("quantization")
+    recipe = settings.get("recipe") if isinstance(settings, dict) else None
+    if not isinstance(recipe, dict) or not str(settings.get("scheme", "")).startswith("pt2e-"):
+        raise PipelineError(f"the artifact records no PT2E quantization recipe ({settings!r})")
+    try:
+        return QuantizeConfig(**recipe)
+    except TypeError as err:
+        raise PipelineError(f"the artifact's quantization recipe does not fit this version ({err})") from None
 
 
 @dataclass
@@ -251,7 +240,7 @@ class Localization:
         return "\n".join(lines).rstrip() + "\n"
 
 
-def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], recipe: Recipe,
+def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], recipe: QuantizeConfig,
              calibration: Encoded, evaluation: Encoded, artifact_logits: np.ndarray | None = None,
              rows: int = 32) -> Localization:
     """Layer-by-layer comparison of the reproduced int8 model and the float model on `rows` eval rows."""
@@ -261,8 +250,7 @@ def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], inpu
     taps = probe.taps
     _forget(probe)
     float_probe = exported.module()
-    quant_probe = calibrate_and_convert(exported.module(), calibration, input_names, recipe.config,
-                                        [PREFIX + n for n in recipe.keep_float_names])
+    quant_probe = calibrate_and_convert(exported.module(), calibration, input_names, recipe, name_prefix=PREFIX)
     modules = dict(model.named_modules())
     count = min(rows, len(evaluation))
     if not taps:

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +16,16 @@ import numpy as np
 from pipeline.data import sha256_file
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.report import result_dict, write_reports
+from pipeline.stage import tool_versions
 from pipeline.numerics import ArtifactResult
 from pipeline.tokenization import Encoded, tokenizer_files
 
 SCHEMA_VERSION = 1
-VERSION_PACKAGES = ("torch", "executorch", "torchao", "transformers", "tokenizers", "numpy", "onnx", "onnxruntime",
-                    "onnxscript", "onnxslim", "onnx2tf", "tensorflow", "ai-edge-litert", "litert-torch", "sentencepiece")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_MODEL_DIRS = {
     "android": REPO_ROOT / "android_demo" / "app" / "src" / "main" / "assets" / "model",
     "ios": REPO_ROOT / "ios_demo" / "AlbertDemo" / "Resources" / "model",
 }
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {}
-    for package in VERSION_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
@@ -81,8 +69,6 @@ def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, res
             "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
             "bytes_per_parameter": round(path.stat().st_size / model.num_parameters, 4),
-            "inputs": [t.to_dict() for t in r.artifact.inputs],
-            "outputs": [t.to_dict() for t in r.artifact.outputs],
         })
         files.append(entry)
     # Non-model files: hashed like the models, listed apart so that every `files` entry is a model.

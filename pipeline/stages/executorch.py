@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from pipeline.artifact import Artifact, TensorSpec
+from pipeline.artifact import Artifact, TensorSpec, check_size
+from pipeline.config import QuantizeConfig
 from pipeline.errors import PipelineError
+from pipeline.model.checkpoint import LoadedModel
+from pipeline.stage import ARTIFACTS, Stage
+from pipeline.stages.trace import Traced
+from pipeline.tokenization import Encoded
 
 # Ops that cannot be delegated to XNNPACK in this model, and why (see ../shared/TOOLCHAIN.md):
 NOT_DELEGABLE = {
@@ -66,3 +73,28 @@ def lower_executorch(
         outputs=[TensorSpec("logits", [1, num_labels], "float32")],
         details={"backend": "xnnpack", "delegation": report},
     )
+
+
+def executorch_stage(model: LoadedModel, precision: str, config: QuantizeConfig, calibration: Encoded,
+                     traced: Callable[[], Traced], workdir: Path, name: str, max_length: int) -> Stage[list[Artifact]]:
+    """`<name>.<precision>.pte`: fp32, or int8 by the quantization recipe calibrated on `calibration`."""
+    if precision not in ("fp32", "int8"):
+        raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
+    out = workdir / f"{name}.{precision}.pte"
+    recipe = [asdict(config), calibration.input_ids.tolist()[: config.calibration_samples]] if precision == "int8" else None
+
+    def run() -> list[Artifact]:
+        from pipeline.stages.quantize import quantize
+
+        t = traced()
+        if precision == "fp32":
+            artifact = lower_executorch(t.exported, out, "fp32", t.input_names, model.spec.num_labels)
+        else:
+            quantized = quantize(model, t, calibration, config)
+            artifact = lower_executorch(quantized.exported, out, "int8", t.input_names, model.spec.num_labels)
+            artifact.details["quantization"] = quantized.settings
+        check_size(artifact, model.num_parameters, model.spec.num_hidden_layers)
+        return [artifact]
+
+    return Stage(f"executorch-{precision}", [model.source_sha256, max_length, name, recipe], run, ARTIFACTS,
+                 label=f"lower {out.name}")

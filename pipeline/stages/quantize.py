@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class Quantized:
     settings: dict = field(default_factory=dict)
 
 
-def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = None):
+def make_quantizer(config: QuantizeConfig, name_prefix: str = ""):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -50,10 +50,10 @@ def make_quantizer(config: QuantizeConfig, keep_float_names: list[str] | None = 
         types = FLOAT_MODULE_TYPES[kind]
         for module_type in types if isinstance(types, tuple) else (types,):
             xnnpack.set_module_type(module_type, None)
-    for name in keep_float_names or []:
+    for name in config.keep_float_names:
         # set_module_name(name, None) asserts in executorch 1.5.1, but the annotator treats a None config as
         # "leave float" and the global config excludes every configured name: set the entry directly.
-        xnnpack.module_name_config[name] = None
+        xnnpack.module_name_config[name_prefix + name] = None
     parts = [EmbeddingQuantizer(), xnnpack] if config.quantize_embedding else [xnnpack]
     return ComposableQuantizer(parts)
 
@@ -63,16 +63,17 @@ def calibrate_and_convert(
     calibration: Encoded,
     input_names: list[str],
     config: QuantizeConfig,
-    keep_float_names: list[str] | None = None,
+    name_prefix: str = "",
 ) -> torch.fx.GraphModule:
     """PT2E prepare -> calibrate on the first `config.calibration_samples` rows -> convert. The result runs
-    eagerly in PyTorch (the gate's localization and fallback use it so); `quantize` re-exports it for lowering."""
+    eagerly in PyTorch (the gate's localization and fallback use it so); `quantize` re-exports it for lowering.
+    `name_prefix`: prepended to `config.keep_float_names` when the graph wraps the model (the gate's probe)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if len(calibration) == 0:
         raise PipelineError("no calibration texts")
     with torch.no_grad():
-        prepared = prepare_pt2e(graph, make_quantizer(config, keep_float_names))
+        prepared = prepare_pt2e(graph, make_quantizer(config, name_prefix))
         for index in range(min(config.calibration_samples, len(calibration))):
             row = calibration.row(index)
             prepared(*(torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names))
@@ -84,7 +85,6 @@ def quantize(
     traced: Traced,
     calibration: Encoded,
     config: QuantizeConfig,
-    keep_float_names: list[str] | None = None,
 ) -> Quantized:
     """PT2E prepare -> calibrate on `calibration` rows -> convert -> re-export."""
     if len(calibration) == 0:  # before the export, not after it
@@ -92,14 +92,15 @@ def quantize(
     rows = min(config.calibration_samples, len(calibration))
     with torch.no_grad():
         graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
-        converted = calibrate_and_convert(graph, calibration, traced.input_names, config, keep_float_names)
+        converted = calibrate_and_convert(graph, calibration, traced.input_names, config)
         exported = torch.export.export(converted, traced.example_inputs, strict=False)
     settings = {
         "scheme": f"pt2e-{config.activations}",
         "weights": "int8 symmetric per-channel",
         "activations": f"int8 {config.activations}",
         "embedding": "int8 per-row" if config.quantize_embedding else "fp32",
-        "kept_float": list(config.keep_float) + list(keep_float_names or []),
+        "kept_float": list(config.keep_float) + list(config.keep_float_names),
         "calibration_rows": rows,
+        "recipe": asdict(config),
     }
     return Quantized(exported, traced.input_names, rows, settings)

@@ -1,0 +1,219 @@
+"""`pipeline bench`: size, load time, latency and peak memory of every artifact in a target folder, measured
+in one run side by side with eager PyTorch fp32 and ONNX Runtime (fp32 and dynamic int8) of the same model.
+
+How the numbers are taken (see docs/on_device_benchmarks.md):
+
+- Candidates: every model file of the folder's manifest.json; eager PyTorch fp32 twice (transformers'
+  AlbertForSequenceClassification, the float reference, and the project's export model); ONNX Runtime fp32
+  on a `torch.onnx.export` of the export model, and ONNX Runtime dynamic int8
+  (`quant_pre_process` + `quantize_dynamic` of that file, every linear int8): the route a user would otherwise pick.
+- Latency: one child process per thread setting (ExecuTorch's Python runtime takes its thread count only
+  before the first program loads). It loads every candidate, runs warm-up calls (not counted), then
+  `runs` rounds in which each candidate runs once, round-robin with a rotating start, so machine noise hits
+  all alike. A short idle gap between timed calls lets spinning worker threads (ONNX Runtime, OpenMP)
+  park, so one runtime's spin never lands on the next one's clock. Inputs cycle over real encoded reviews.
+- Memory: one fresh child process per candidate. After its runtime is imported and the inputs are made,
+  the kernel's peak-RSS counter is reset (/proc/self/clear_refs) and the baseline RSS read; the candidate
+  is loaded and run; the reported peak is the peak RSS minus that baseline.
+- Op profiles (at seq 128, or the folder's own length, with the largest thread count): each runtime's own
+  profiler in one more child process: ExecuTorch's ETDump (XNNPACK's per-operator events) for every .pte,
+  ONNX Runtime's node profile for both ORT files; LiteRT's Python interpreter has none.
+- Sequence lengths: the artifacts are static-shape. At a length other than the folder's own, only eager
+  and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt with
+  `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
+
+Outputs (in --out, default the artifact folder): bench.json, bench.md (table + target checks), bench.png.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline.artifact import read_manifest
+from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candidates, compared_candidates,
+                                       eager_candidates, encode_rows, export_input_names, ort_candidates,
+                                       rebuild_for_length, static_length)
+from pipeline.bench.render import machine_info, plot, render_markdown, summary_lines
+from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
+from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
+from pipeline.errors import PipelineError
+
+Log = Callable[[str], None]
+
+
+def parse_int_list(text: str | int | None, what: str) -> list[int]:
+    if text is None:
+        return []
+    if isinstance(text, int):
+        return [text]
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise PipelineError(f"--{what} takes a comma list of positive integers, not {text!r}") from None
+        if value < 1:
+            raise PipelineError(f"--{what} values must be 1 or more, not {value}")
+        values.append(value)
+    if not values:
+        raise PipelineError(f"--{what} is empty")
+    return list(dict.fromkeys(values))
+
+
+def command_line(args) -> str:
+    parts = ["python -m pipeline bench", f"--artifacts {args.artifacts}", f"--threads {args.threads}",
+             f"--runs {args.runs}", f"--max-length {args.max_length}"]
+    if getattr(args, "out", None):
+        parts.append(f"--out {args.out}")
+    if getattr(args, "rebuild_lengths", False):
+        parts.append("--rebuild-lengths")
+    for other in getattr(args, "compare", None) or []:
+        parts.append(f"--compare {other}")
+    return " ".join(parts)
+
+
+def bench(args, log: Log = print) -> int:
+    from pipeline.model.checkpoint import load_checkpoint
+
+    folder = Path(args.artifacts)
+    manifest = read_manifest(folder)
+    threads = parse_int_list(args.threads, "threads")
+    lengths = parse_int_list(args.max_length, "max-length")
+    runs = int(args.runs)
+    if runs < 1:
+        raise PipelineError(f"--runs must be 1 or more, not {runs}")
+    out_dir = Path(args.out) if getattr(args, "out", None) else folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rebuild = bool(getattr(args, "rebuild_lengths", False))
+    # read before anything runs: a bad folder is a clear error, not a failure halfway through
+    compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
+    own_length = static_length(manifest)
+    source = Path(manifest["model"]["source"])
+    started = time.perf_counter()
+    log(f"bench: {folder} ({own_length} tokens, static), lengths {lengths}, threads {threads}, {runs} runs")
+    model = load_checkpoint(source)
+    params = int(manifest["model"].get("params") or model.num_parameters)
+    names = export_input_names(manifest)
+    warmup = max(2, min(10, runs // 5))
+
+    has_target_artifacts = TARGET_LENGTH in lengths and (TARGET_LENGTH == own_length or rebuild)
+    profile_length = TARGET_LENGTH if has_target_artifacts else (own_length if own_length in lengths else None)
+    op_profile: dict | None = None
+
+    scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    rows: list[dict] = []
+    notes: list[str] = []
+    length_sources: dict[int, str] = {}
+    try:
+        for length in lengths:
+            candidates = []
+            if length == own_length:
+                candidates += artifact_candidates(folder, manifest, params)
+                length_sources[length] = f"bundled artifacts of {folder}"
+            elif rebuild:
+                log(f"[bench] seq {length}: rebuilding the artifacts at this length (stage cache on)")
+                rebuilt = rebuild_for_length(manifest, length, scratch / f"rebuild{length}",
+                                             getattr(args, "cache_dir", None), log)
+                candidates += [{**c, "origin": f"rebuilt at seq {length}"}
+                               for c in artifact_candidates(rebuilt, read_manifest(rebuilt), params)]
+                length_sources[length] = f"artifacts rebuilt at seq {length} with default build settings"
+            else:
+                length_sources[length] = (f"no artifacts: they are static at seq {own_length}; only eager PyTorch and "
+                                          "ONNX Runtime ran (pass rebuild_lengths to rebuild them)")
+                notes.append(f"seq {length}: {length_sources[length]}")
+            for other, other_manifest in compare.items():
+                added = compared_candidates(other, other_manifest, length)
+                if not added:
+                    notes.append(f"seq {length}: --compare {other} has no artifacts at this length")
+                candidates += added
+            candidates += eager_candidates(model, source, params)
+            log(f"[bench] seq {length}: exporting ONNX, quant_pre_process, quantize_dynamic")
+            candidates += ort_candidates(model, length, names, scratch, params)
+            inputs = encode_rows(model, length, scratch / f"inputs{length}.npz")
+            for t in threads:
+                log(f"[bench] seq {length}, {t} thread(s): latency of {len(candidates)} candidates, interleaved")
+                latency = run_worker({"mode": "latency", "threads": t, "length": length, "runs": runs, "warmup": warmup,
+                                      "inputs": str(inputs), "source": str(source), "candidates": candidates}, scratch, log)
+                for c in candidates:
+                    got = latency[c["name"]]
+                    rows.append({**{k: v for k, v in c.items() if k != "input_names"}, "seq": length, "threads": t,
+                                 "load_ms": got["load_ms"], **summarize(got["latencies_s"]),
+                                 # another model's logits: no comparison with this model's
+                                 "max_abs_diff_vs_export_model": None if c.get("compared")
+                                 else got["max_abs_diff_vs_export_model"]})
+            if length == profile_length:
+                profiled = [c for c in candidates if c["kind"] in ("executorch", "ort") and not c.get("compared")]
+                log(f"[bench] seq {length}: op-level profiles of {len(profiled)} candidates ({max(threads)} threads)")
+                try:
+                    op_profile = {"seq": length, "threads": max(threads), "runs": PROFILE_RUNS,
+                                  "candidates": run_worker({"mode": "profile", "threads": max(threads), "length": length,
+                                                            "inputs": str(inputs), "source": str(source),
+                                                            "candidates": profiled}, scratch, log)}
+                except PipelineError as err:  # diagnostics: never lose the measured numbers over them
+                    notes.append(f"op profiles unavailable: {err}")
+            mem_threads = max(threads)
+            log(f"[bench] seq {length}: peak memory, one fresh process per candidate ({mem_threads} threads)")
+            for c in candidates:
+                if c.get("compared"):  # latency and size only: one process per candidate is costly
+                    continue
+                memory = run_worker({"mode": "memory", "threads": mem_threads, "length": length, "inputs": str(inputs),
+                                     "source": str(source), "candidates": [c]}, scratch, log)
+                for row in rows:
+                    if row["name"] == c["name"] and row["seq"] == length:
+                        row.update({"peak_rss_delta_mb": memory["peak_delta_mb"], "baseline_rss_mb": memory["baseline_mb"],
+                                    "memory_method": memory["method"], "memory_threads": mem_threads})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    for row in rows:
+        eager = next((r for r in rows if r["kind"] == "torch-hf" and r["seq"] == row["seq"] and r["threads"] == row["threads"]),
+                     None) or next((r for r in rows if r["kind"] == "torch-export" and r["seq"] == row["seq"]
+                                    and r["threads"] == row["threads"]), None)
+        row["vs_eager"] = round(row["median_ms"] / eager["median_ms"], 4) if eager else None
+
+    target_length = TARGET_LENGTH if any(r["seq"] == TARGET_LENGTH and r["origin"] != "checkpoint weights file"
+                                         and r["kind"] in ("executorch", "litert") for r in rows) else own_length
+    if target_length != TARGET_LENGTH:
+        notes.append(f"the targets are defined at seq {TARGET_LENGTH}; no artifacts ran at that length in this run, "
+                     f"so they were checked at seq {target_length}")
+    targets = check_targets(rows, target_length, threads, params)
+    result = {
+        "command": command_line(args),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "artifacts": str(folder),
+        "model": {k: manifest["model"].get(k) for k in ("name", "params", "source", "max_length")},
+        "machine": machine_info(),
+        "settings": {"threads": threads, "max_lengths": lengths, "runs": runs, "warmup_runs": warmup,
+                     "idle_gap_ms": IDLE_GAP_S * 1000, "inputs": f"{BENCH_TEXTS} small_fine_foods test reviews, cycled",
+                     "length_sources": {str(k): v for k, v in length_sources.items()}},
+        "rows": rows,
+        "targets": targets,
+        "notes": notes,
+    }
+    if op_profile:
+        result["op_profile"] = op_profile
+    profile = profile_hint(manifest, folder, targets, model, target_length)
+    if profile:
+        result["profile"] = profile
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(render_markdown(result))
+    try:
+        plot(result, out_dir / "bench.png")
+    except Exception as err:  # a chart is a convenience; never lose the numbers over it
+        log(f"[bench] no chart ({type(err).__name__}: {err})")
+    for line in summary_lines(result):
+        log(line)
+    log(f"[bench] wrote {out_dir / 'bench.json'}, bench.md, bench.png")
+    return 0
+
+
+
+__all__ = ["bench", "check_targets", "parse_int_list", "render_markdown", "INPUT_NAMES", "ort_candidates"]

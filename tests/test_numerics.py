@@ -1,0 +1,63 @@
+"""The gate's numerics, defined once in pipeline/numerics.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import Thresholds
+from pipeline.errors import PipelineError
+from pipeline.numerics import Metrics, check_thresholds, compare, cosine, top1_agreement
+
+
+def test_cosine_of_identical_and_opposite_logits():
+    a = np.array([[1.0, -2.0], [0.5, 3.0]])
+    assert cosine(a, a) == pytest.approx(1.0)
+    assert cosine(a, -a) == pytest.approx(-1.0)
+    assert cosine(np.zeros(3), np.zeros(3)) == 1.0
+    assert cosine(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_top1_agreement_counts_every_row_including_near_ties():
+    reference = np.array([[1.0, 0.0], [0.5, 0.4999], [0.0, 1.0], [2.0, 1.0]])
+    flipped_tie = np.array([[1.0, 0.0], [0.4999, 0.5], [0.0, 1.0], [2.0, 1.0]])
+    assert top1_agreement(reference, reference) == 1.0
+    assert top1_agreement(flipped_tie, reference) == 0.75
+
+
+def test_compare_reports_accuracy_delta_and_confusion():
+    reference = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    logits = np.array([[2.0, 0.1], [0.0, 2.0], [0.0, 2.0], [0.0, 2.0]])
+    m = compare(logits, reference, [0, 1, 0, 0], [0.001, 0.002, 0.003, 0.004])
+    assert m.max_abs_error == pytest.approx(2.0)
+    assert m.top1_agreement == 0.75
+    assert m.reference_accuracy == 0.75 and m.accuracy == 0.5 and m.accuracy_delta == pytest.approx(-0.25)
+    assert m.confusion == [[1, 2], [0, 1]]
+    assert m.latency_ms_median == pytest.approx(2.5)
+    assert m.rows == 4
+
+
+def test_compare_refuses_an_empty_eval_set():
+    with pytest.raises(PipelineError, match="empty"):
+        compare(np.zeros((0, 2)), np.zeros((0, 2)), None, [])
+
+
+def _metrics(**changes) -> Metrics:
+    base = dict(max_abs_error=0.1, mean_abs_error=0.01, cosine=0.999, top1_agreement=0.99, accuracy=0.8,
+                reference_accuracy=0.81, accuracy_delta=-0.01, confusion=None, latency_ms_median=1.0, rows=100)
+    return Metrics(**{**base, **changes})
+
+
+def test_each_violated_limit_is_one_message_naming_artifact_metric_value_and_limit():
+    limits = Thresholds(max_abs_error=0.5, min_cosine=0.99, min_top1_agreement=0.95, max_accuracy_drop=0.02)
+    assert check_thresholds("a.pte", _metrics(), limits) == []
+    failures = check_thresholds("a.pte", _metrics(max_abs_error=0.7, cosine=0.9, top1_agreement=0.5,
+                                                  accuracy=0.7, accuracy_delta=-0.11), limits)
+    assert len(failures) == 4
+    assert all(f.startswith("a.pte: ") and "limit" in f for f in failures)
+    assert "max_abs_error 0.7 > limit 0.5" in failures[0]
+
+
+def test_nan_never_passes():
+    limits = Thresholds(max_abs_error=0.5, min_cosine=0.99, min_top1_agreement=0.95, max_accuracy_drop=0.02)
+    failures = check_thresholds("a.tflite", _metrics(max_abs_error=float("nan"), cosine=float("nan")), limits)
+    assert len(failures) == 2
