@@ -142,7 +142,7 @@ def run_cached(stage: Stage[T], ctx: Context) -> T:
     label = stage.label or stage.name
     hit = ctx.cache.get(stage.name, key)
     if hit is not None:
-        ctx.log(f"[{label}] cached")
+        ctx.log(f"[cached] {label}")
         return stage.codec.decode(hit[0], hit[1], ctx.workdir)
     with ctx.timer(label):
         value = stage.run()

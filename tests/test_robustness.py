@@ -415,7 +415,7 @@ def test_unchanged_rebuild_reuses_every_stage(ws, built):
     log = result.stdout
     for stage in ("reference-", "executorch-", "outputs-"):
         assert f"cache hit: {stage}" in log, f"stage {stage} was not reused\n{log}"
-    assert "[lower] albert.fp32.pte: cached" in log
+    assert "[cached] lower albert.fp32.pte" in log, log
     assert "[trace]" not in log and "[lower albert" not in log, log
     assert_runs_golden(ws.out / "android")
 
@@ -438,7 +438,7 @@ def test_corrupted_cache_entry_is_rebuilt_not_used(ws, built):
     log = result.stdout
     assert "corrupt entry" in log and "albert.fp32.pte does not match its sha256" in log and "rebuilding" in log, log
     assert "[lower albert.fp32.pte] ..." in log, "the artifact was not rebuilt"
-    assert "albert.fp32.pte: cached" not in log, "the corrupted entry was used"
+    assert "[cached] lower albert.fp32.pte" not in log, "the corrupted entry was used"
     folder = ws.out / "android"
     snapshot(folder)
     assert sha256_file(folder / "albert.fp32.pte") not in corrupt
