@@ -769,5 +769,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                         tokenizer.pad_token_id or 0)
         shutil.rmtree(work, ignore_errors=True)
     rt.barrier()
+    if rt.distributed:
+        torch.distributed.destroy_process_group()
     log(f"[compress] wrote {cfg.out_dir} ({student_params:,} parameters, {student_params / teacher_params:.1%} of the teacher)")
     return card
