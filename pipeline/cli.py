@@ -126,6 +126,8 @@ def run_compress(args: argparse.Namespace) -> int:
 
     from pipeline.model.compress import compress
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     config = load_config(args.config).compress
     _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "layers", "recurrent", "train_data",
                              "eval_data", "text_column", "label_column", "epochs", "teacher_epochs", "batch_size",

@@ -286,7 +286,7 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
             else:
                 optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) / rt.world
+            total += float(loss.detach())  # this process's estimate of the batch mean
             progress.update(1, f"loss {total / step:.4f}")
         seconds = progress.close()
         message = f"  {what} epoch {epoch}/{epochs}: loss {total / per_epoch:.4f} ({seconds:.0f} s, {seconds / per_epoch:.2f} s/batch)"
@@ -522,7 +522,7 @@ def model_card_markdown(card: dict) -> str:
         f"Seeds: `{json.dumps(card.get('seeds', {}))}`.", "",
         f"Wall time {card.get('seconds', 0):.0f} s (teacher {card.get('seconds_teacher', 0):.0f} s, distillation "
         f"{card.get('seconds_distill', 0):.0f} s) on `{json.dumps(card.get('hardware', {}))}`.", "",
-        "Shared-layer choice (KL of student to teacher logits on held-out train texts, lower is better): "
+        "Shared-layer choice (KL of student to teacher logits on up to 256 dev texts, lower is better): "
         + ", ".join(f"{k}: {v:.4f}" for k, v in card.get("shared_layer_probe", {}).items()), "",
         f"Embedding factorization kept {card['embedding_energy_kept']:.3f} of the centred embedding energy.", "",
         "Per-epoch distillation (dev accuracy): " + "; ".join(card.get("epochs_log", [])), "",
