@@ -87,6 +87,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--augment-prob", type=float, help="per word-piece corruption probability of a copy (default: 0.1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present, mixed precision)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished epoch")
+    p.add_argument("--progress-seconds", type=float, help="progress line interval when not on a terminal (default: 30)")
 
 
 def _add_bench(sub) -> None:
@@ -133,7 +134,7 @@ def run_compress(args: argparse.Namespace) -> int:
                              "eval_data", "text_column", "label_column", "epochs", "teacher_epochs", "batch_size",
                              "max_length", "train_limit", "eval_limit", "seed", "lr", "temperature", "distill_weight",
                              "dev_fraction", "hidden_weight", "attention_weight", "augment_copies", "augment_prob",
-                             "device"])
+                             "device", "progress_seconds"])
     if args.resume:
         config.resume = True
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"

@@ -127,8 +127,13 @@ def test_losses_are_zero_for_identical_states_and_augmenter_is_deterministic():
 def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teacher_and_data):
     root, teacher, train, test = teacher_and_data
     cfg = _cfg(root, teacher, train, test, "recipe", epochs=1, teacher_epochs=1, hidden_weight=1.0,
-               attention_weight=0.5, augment_copies=1, augment_prob=0.2, dev_fraction=0.25)
-    card = C.compress(cfg, log=lambda m: None, store_dtype=torch.float32)
+               attention_weight=0.5, augment_copies=1, augment_prob=0.2, dev_fraction=0.25, progress_seconds=0.0)
+    lines: list[str] = []
+    card = C.compress(cfg, log=lines.append, store_dtype=torch.float32)
+    # not a terminal: periodic progress lines with count, rate and ETA (tqdm's meter) for fine-tuning and distillation
+    for what in ("teacher epoch 1/1:", "distill epoch 1/1:", "probe shared layer:"):
+        meters = [line for line in lines if what in line and "<" in line]
+        assert meters and all("s/" in m or "/s" in m for m in meters), (what, lines)
     assert card["data"]["dev_size"] == 16 and card["data"]["train_size"] == 48  # 25% of each label of 64
     for model in ("teacher", "student"):
         assert 0 <= card[model]["dev_accuracy"] <= 1 and 0 <= card[model]["test_accuracy"] <= 1

@@ -365,9 +365,9 @@ def _helmert_rows(size: int) -> torch.Tensor:
 
 def factorize_embeddings(bert_embeddings, train: Batches, embedding_size: int, sample_tokens: int = 200_000) -> dict:
     """ALBERT E-dim tables and E -> H mapping from BERT's H-dim embeddings (see the module docstring)."""
-    words = bert_embeddings.word_embeddings.weight.detach().double()
-    positions = bert_embeddings.position_embeddings.weight.detach().double()
-    types = bert_embeddings.token_type_embeddings.weight.detach().double()
+    words = bert_embeddings.word_embeddings.weight.detach().double().cpu()
+    positions = bert_embeddings.position_embeddings.weight.detach().double().cpu()
+    types = bert_embeddings.token_type_embeddings.weight.detach().double().cpu()
     hidden = words.shape[1]
     sums = []
     for ids in train.ids:
@@ -387,8 +387,8 @@ def factorize_embeddings(bert_embeddings, train: Batches, embedding_size: int, s
     def project(table: torch.Tensor) -> torch.Tensor:
         return (table - table.mean(-1, keepdim=True)) @ basis @ rotation
 
-    gamma = bert_embeddings.LayerNorm.weight.detach().double()
-    beta = bert_embeddings.LayerNorm.bias.detach().double()
+    gamma = bert_embeddings.LayerNorm.weight.detach().double().cpu()
+    beta = bert_embeddings.LayerNorm.bias.detach().double().cpu()
     e = embedding_size
     mapping = math.sqrt(hidden / e) * (gamma[:, None] * (basis @ rotation))  # H x E  (torch Linear weight)
     kept = float((centred @ basis).pow(2).sum() / centred.pow(2).sum())
@@ -632,6 +632,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), local_files_only=True)
     work = work_dir(cfg.out_dir)
     if not cfg.resume and rt.main and work.exists():
+        log(f"[compress] starting over: removing the checkpoints of an earlier run in {work} (--resume continues one)")
         shutil.rmtree(work)
 
     started = time.perf_counter()
