@@ -74,7 +74,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--max-length", type=int)
     p.add_argument("--train-limit", type=int, help="use the first N train texts (quick trials)")
     p.add_argument("--eval-limit", type=int, help="use the first N eval texts (quick trials)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="dev split, teacher fine-tuning and (by default) distillation (default: 0)")
+    p.add_argument("--distill-seed", type=int, help="distillation batch order and augmentation only; the cached "
+                   "teacher and the dev split stay (default: --seed)")
     p.add_argument("--config", help="TOML config file ([compress] section)")
     p.add_argument("--fp32", action="store_true", help="store weights in fp32 (default: fp16)")
     p.add_argument("--lr", type=float, help="distillation learning rate (default: 1e-4)")
@@ -134,7 +136,7 @@ def run_compress(args: argparse.Namespace) -> int:
                              "eval_data", "text_column", "label_column", "epochs", "teacher_epochs", "batch_size",
                              "max_length", "train_limit", "eval_limit", "seed", "lr", "temperature", "distill_weight",
                              "dev_fraction", "hidden_weight", "attention_weight", "augment_copies", "augment_prob",
-                             "device", "progress_seconds"])
+                             "device", "progress_seconds", "distill_seed"])
     if args.resume:
         config.resume = True
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"

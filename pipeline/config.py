@@ -111,6 +111,7 @@ class CompressConfig:
     temperature: float = 2.0
     distill_weight: float = 0.7  # weight of the soft-logit loss; 1 - it goes to the hard labels
     seed: int = 0
+    distill_seed: int | None = None  # student batch order + augmentation (None: seed); the teacher is unaffected
     train_limit: int | None = None
     eval_limit: int | None = None
     cache_dir: str = ".pipeline_cache"

@@ -175,8 +175,8 @@ def _teacher_key(cfg: CompressConfig, weights: Path, teacher_dir: Path, train: B
 
 
 def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, label_names: list[str], log: Log,
-                     rt: Runtime | None = None, work: Path | None = None):
-    """Fine-tune (or reuse from the cache) the BERT teacher as a classifier."""
+                     rt: Runtime | None = None, work: Path | None = None, dev: Batches | None = None):
+    """Fine-tune (or reuse from the cache) the BERT teacher as a classifier; dev accuracy after each epoch."""
     from transformers import AutoModelForSequenceClassification
 
     rt = rt or Runtime(torch.device("cpu"))
@@ -190,6 +190,8 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
         log(f"  teacher: reusing fine-tuned teacher from {cached}")
         teacher = AutoModelForSequenceClassification.from_pretrained(str(cached), local_files_only=True)
         teacher.pipeline_key = key
+        history = cached / "fine_tuning.json"
+        teacher.pipeline_epochs_log = json.loads(history.read_text())["dev_accuracy_per_epoch"] if history.is_file() else []
         return teacher.to(rt.device).eval()
     teacher = AutoModelForSequenceClassification.from_pretrained(
         str(teacher_dir), num_labels=len(label_names), id2label=id2label,
@@ -202,13 +204,20 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
         logits = net(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
         return F.cross_entropy(logits.float(), labels, reduction="none")
 
+    def evaluate() -> float:
+        return accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)
+
+    epochs_log: list[str] = []
     _train(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
-           checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}")
+           checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
+           evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
     teacher.eval()
     teacher.pipeline_key = key
+    teacher.pipeline_epochs_log = epochs_log
     if rt.main:
         tmp = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".teacher-"))
         teacher.save_pretrained(str(tmp))
+        (tmp / "fine_tuning.json").write_text(json.dumps({"dev_accuracy_per_epoch": epochs_log}) + "\n")
         os.replace(tmp, cached) if not cached.exists() else shutil.rmtree(tmp)
     rt.barrier()
     return teacher
@@ -228,7 +237,8 @@ def _order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> li
 
 def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
            what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
-           evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None) -> None:
+           evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
+           seed: int | None = None) -> None:
     """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
 
     An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
@@ -261,7 +271,7 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
     net = wrap_parallel(model, rt)
     model.train()
     for epoch in range(first, epochs + 1):
-        rng = np.random.default_rng([cfg.seed, epoch])
+        rng = np.random.default_rng([cfg.seed if seed is None else seed, epoch])
         total = 0.0
         progress = Progress(per_epoch, f"  {what} epoch {epoch}/{epochs}", log, enabled=rt.main,
                             interval=cfg.progress_seconds)
@@ -646,7 +656,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     majority = float(np.bincount(test.labels, minlength=len(label_names)).max() / len(test))
 
     log(f"[compress] teacher: {teacher_dir.name} ({teacher_config.num_hidden_layers} layers, hidden {teacher_config.hidden_size})")
-    teacher = finetune_teacher(cfg, teacher_dir, train, label_names, log, rt, work)
+    teacher = finetune_teacher(cfg, teacher_dir, train, label_names, log, rt, work, dev)
     teacher_seconds = time.perf_counter() - started
     teacher_fn = _teacher_fn(teacher)
 
@@ -701,17 +711,20 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         return accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
 
     distill_started = time.perf_counter()
+    # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
+    # distillation recipe with the same dev split and the same cached teacher.
+    distill_seed = cfg.seed if cfg.distill_seed is None else cfg.distill_seed
     if cfg.epochs > 0:
         augment = None
         if cfg.augment_copies > 0:
             special = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
                                    tokenizer.unk_token_id, tokenizer.mask_token_id) if i is not None}
-            augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, cfg.seed)
+            augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, distill_seed)
         rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
         _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
                checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
-               copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log)
+               copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed)
     distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
     student = student.cpu()
@@ -731,7 +744,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         "name": Path(cfg.out_dir).name,
         "command": command,
         "teacher": {"source": str(teacher_dir), "params": teacher_params, "fp32_bytes": teacher_params * 4,
-                    "test_accuracy": teacher_accuracy, "dev_accuracy": teacher_dev_accuracy},
+                    "test_accuracy": teacher_accuracy, "dev_accuracy": teacher_dev_accuracy,
+                    "dev_accuracy_per_epoch": getattr(teacher, "pipeline_epochs_log", [])},
         "student": {"params": student_params, "fp32_bytes": student_params * 4,
                     "stored_bytes": student_params * torch.finfo(store_dtype).bits // 8,
                     "test_accuracy": student_accuracy, "dev_accuracy": student_dev_accuracy,
@@ -749,8 +763,9 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                                  f"(p={cfg.augment_prob:g})" if cfg.augment_copies else ""),
                    "layer_map": layer_map(spec.num_hidden_layers, teacher_config.num_hidden_layers)},
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
-        "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "epoch_order": f"[{cfg.seed}, epoch]",
-                  "augmentation": f"[{cfg.seed}, 7919, epoch, example, copy]"},
+        "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
+                  "distill_epoch_order": f"[{distill_seed}, epoch]",
+                  "augmentation": f"[{distill_seed}, 7919, epoch, example, copy]"},
         "shared_from_teacher_layer": shared_from if cfg.share != "none" else None,
         "shared_layer_probe": probe_scores,
         "embedding_energy_kept": factorized["energy_kept"],
