@@ -74,9 +74,22 @@ def _add_compress(sub) -> None:
     p.add_argument("--max-length", type=int)
     p.add_argument("--train-limit", type=int, help="use the first N train texts (quick trials)")
     p.add_argument("--eval-limit", type=int, help="use the first N eval texts (quick trials)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="dev split, teacher fine-tuning and (by default) distillation (default: 0)")
+    p.add_argument("--distill-seed", type=int, help="distillation batch order and augmentation only; the cached "
+                   "teacher and the dev split stay (default: --seed)")
     p.add_argument("--config", help="TOML config file ([compress] section)")
     p.add_argument("--fp32", action="store_true", help="store weights in fp32 (default: fp16)")
+    p.add_argument("--lr", type=float, help="distillation learning rate (default: 1e-4)")
+    p.add_argument("--temperature", type=float, help="distillation temperature (default: 2)")
+    p.add_argument("--distill-weight", type=float, help="weight of the soft-logit loss; 1 - it for hard labels (default: 0.7)")
+    p.add_argument("--dev-fraction", type=float, help="dev split carved from train, per label (default: 0.1)")
+    p.add_argument("--hidden-weight", type=float, help="intermediate-layer hidden-state loss weight (default: 0 = off)")
+    p.add_argument("--attention-weight", type=float, help="attention-distribution KL weight (default: 0 = off)")
+    p.add_argument("--augment-copies", type=int, help="teacher-labelled augmented copies per text an epoch (default: 0)")
+    p.add_argument("--augment-prob", type=float, help="per word-piece corruption probability of a copy (default: 0.1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present, mixed precision)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished epoch")
+    p.add_argument("--progress-seconds", type=float, help="progress line interval when not on a terminal (default: 30)")
 
 
 def _add_bench(sub) -> None:
@@ -116,10 +129,16 @@ def run_compress(args: argparse.Namespace) -> int:
 
     from pipeline.model.compress import compress
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     config = load_config(args.config).compress
     _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "layers", "recurrent", "train_data",
                              "eval_data", "text_column", "label_column", "epochs", "teacher_epochs", "batch_size",
-                             "max_length", "train_limit", "eval_limit", "seed"])
+                             "max_length", "train_limit", "eval_limit", "seed", "lr", "temperature", "distill_weight",
+                             "dev_fraction", "hidden_weight", "attention_weight", "augment_copies", "augment_prob",
+                             "device", "progress_seconds", "distill_seed"])
+    if args.resume:
+        config.resume = True
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"
     compress(config, log, command=command, store_dtype=torch.float32 if args.fp32 else torch.float16)
     return 0

@@ -116,9 +116,24 @@ class CompressConfig:
     temperature: float = 2.0
     distill_weight: float = 0.7  # weight of the soft-logit loss; 1 - it goes to the hard labels
     seed: int = 0
+    distill_seed: int | None = None  # student batch order + augmentation (None: seed); the teacher is unaffected
     train_limit: int | None = None
     eval_limit: int | None = None
     cache_dir: str = ".pipeline_cache"
+    # Decisions are made on a dev split carved from train (this fraction per label, seeded); the teacher and
+    # the student train on the rest, the test split is evaluated once at the end.
+    dev_fraction: float = 0.1
+    # Intermediate-layer distillation (the shared layer's call i against teacher layer i): weight of the MSE
+    # of per-token standardised hidden states, and of the KL of attention distributions. 0 = off.
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    # Teacher-labelled augmentation: this many corrupted copies of each train text an epoch (0 = off), each
+    # word piece masked / replaced / span-deleted with probability augment_prob.
+    augment_copies: int = 0
+    augment_prob: float = 0.1
+    device: str = "auto"  # auto | cpu | cuda (auto: CUDA when present, with bf16/fp16 autocast)
+    resume: bool = False  # continue from the last finished epoch in <out>.work/
+    progress_seconds: float = 30.0  # progress line interval when stderr is not a terminal
 
 
 @dataclass

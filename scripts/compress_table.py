@@ -1,6 +1,7 @@
 """Print the README's compression table from the model cards that `pipeline compress` wrote.
 
     python scripts/compress_table.py pipeline/assets/default_model compressed/no_sharing compressed/no_factorization
+    python scripts/compress_table.py --ablation compressed/r1_baseline compressed/r2_hidden1 ...   # issue 16's table
 """
 from __future__ import annotations
 
@@ -25,5 +26,24 @@ def main(folders: list[str]) -> None:
     print(f"| majority class (`great`) | | | | | | | {first['majority_baseline']:.3f} |")
 
 
+def ablation(folders: list[str]) -> None:
+    """One row per recipe: its ingredients, dev accuracy (decisions), test accuracy (reported), size, wall time."""
+    cards = [(Path(f), json.loads((Path(f) / "model_card.json").read_text())) for f in folders]
+    print("| run | distill epochs | hidden w | attention w | aug copies | parameters | % of teacher | teacher dev / test "
+          "| student dev | student test | gap to teacher (test) | wall time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    for folder, card in cards:
+        s, t, g = card["student"], card["teacher"], card["settings"]
+        dev = "" if s.get("dev_accuracy") is None else f"{s['dev_accuracy']:.3f}"
+        tdev = "-" if t.get("dev_accuracy") is None else f"{t['dev_accuracy']:.3f}"
+        print(f"| {folder.name} | {g['epochs']} | {g.get('hidden_weight', 0):g} | {g.get('attention_weight', 0):g} | "
+              f"{g.get('augment_copies', 0)} | {s['params']:,} | {s['params'] / t['params']:.1%} | "
+              f"{tdev} / {t['test_accuracy']:.3f} | {dev} | {s['test_accuracy']:.3f} | "
+              f"{100 * (s['test_accuracy'] - t['test_accuracy']):+.1f} pt | {card['seconds'] / 60:.0f} min |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--ablation"]:
+        ablation(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

@@ -85,3 +85,138 @@ def test_packaged_dataset_loads_with_pinned_hash():
 
     test = load_small_fine_foods("test")
     assert len(test) == 1000 and sum(1 for y in test.labels if y == 0) == 658
+
+
+# ------------------------------------------------------------------ issue 16: recipe, resume, data parallel
+def _cfg(root, teacher, train, test, out: str, cache: str = "cache", **overrides) -> CompressConfig:
+    settings = dict(teacher_dir=str(teacher), out_dir=str(root / out), train_data=str(train), eval_data=str(test),
+                    embedding_size=8, epochs=2, teacher_epochs=2, batch_size=16, max_length=32,
+                    cache_dir=str(root / cache), device="cpu")
+    settings.update(overrides)
+    return CompressConfig(**settings)
+
+
+def _weights(out) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_losses_are_zero_for_identical_states_and_augmenter_is_deterministic():
+    from pipeline.model.distill import Augmenter, attention_log_probs, attention_loss_rows, hidden_loss_rows, layer_map
+
+    torch.manual_seed(0)
+    hidden, mask = torch.randn(3, 7, 16), torch.ones(3, 7)
+    mask[0, 5:] = 0
+    assert float(hidden_loss_rows(hidden, hidden * 3 + 1, mask).abs().max()) < 1e-5  # standardised: scale-free
+    assert float(hidden_loss_rows(hidden, torch.randn(3, 7, 16), mask).min()) > 0.5
+    q, k = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+    additive = (1.0 - mask)[:, None, None, :] * -10000.0
+    logp = attention_log_probs(q, k, hidden, additive, 4)
+    assert logp.shape == (3, 4, 7, 7) and float(attention_loss_rows(logp, logp, mask).abs().max()) < 1e-6
+    assert float(attention_loss_rows(logp, attention_log_probs(q, k, hidden.flip(1), additive, 4), mask).min()) > 0
+    assert layer_map(6, 6) == [1, 2, 3, 4, 5, 6] and layer_map(3, 6) == [2, 4, 6]
+    ids = [np.array([2, *range(10, 40), 3])] * 4
+    aug = Augmenter.from_train(ids, 0.3, 4, {2, 3}, seed=0)
+    first = aug(ids[0], epoch=1, example=5, copy=1)
+    assert np.array_equal(first, aug(ids[0], epoch=1, example=5, copy=1))
+    assert not np.array_equal(first, aug(ids[0], epoch=2, example=5, copy=1))
+    assert first[0] == 2 and first[-1] == 3 and not np.array_equal(first, ids[0])
+
+
+def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teacher_and_data):
+    root, teacher, train, test = teacher_and_data
+    cfg = _cfg(root, teacher, train, test, "recipe", epochs=1, teacher_epochs=1, hidden_weight=1.0,
+               attention_weight=0.5, augment_copies=1, augment_prob=0.2, dev_fraction=0.25, progress_seconds=0.0)
+    lines: list[str] = []
+    card = C.compress(cfg, log=lines.append, store_dtype=torch.float32)
+    # not a terminal: periodic progress lines with count, rate and ETA (tqdm's meter) for fine-tuning and distillation
+    for what in ("teacher epoch 1/1:", "distill epoch 1/1:", "probe shared layer:"):
+        meters = [line for line in lines if what in line and "<" in line]
+        assert meters and all("s/" in m or "/s" in m for m in meters), (what, lines)
+    assert card["data"]["dev_size"] == 16 and card["data"]["train_size"] == 48  # 25% of each label of 64
+    for model in ("teacher", "student"):
+        assert 0 <= card[model]["dev_accuracy"] <= 1 and 0 <= card[model]["test_accuracy"] <= 1
+    assert "hidden states x1" in card["recipe"]["distill"] and "augmented" in card["recipe"]["distill"]
+    assert card["hardware"]["cpu"] and card["hardware"]["device"] == "cpu" and card["seconds"] > 0
+    assert len(card["teacher"]["dev_accuracy_per_epoch"]) == 1 and card["seeds"]["distill_epoch_order"] == "[0, epoch]"
+    assert len(card["epochs_log"]) == 1 and "dev accuracy" in (root / "recipe" / "model_card.md").read_text()
+    assert not (root / "recipe.work").exists()
+
+
+def test_resume_after_interrupted_epochs_equals_an_uninterrupted_run(teacher_and_data, monkeypatch):
+    """Interrupted after teacher epoch 1, then after distillation epoch 1: two resumes give the same weights."""
+    root, teacher, train, test = teacher_and_data
+    whole = C.compress(_cfg(root, teacher, train, test, "whole", cache="cache_whole"), log=lambda m: None,
+                       store_dtype=torch.float32)
+    for stop in (("teacher", 1), ("distill", 1), None):
+        def hook(what, epoch, stop=stop):
+            if (what, epoch) == stop:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(C, "EPOCH_HOOK", hook)
+        cfg = _cfg(root, teacher, train, test, "parts", cache="cache_parts", resume=stop != ("teacher", 1))
+        if stop is None:
+            parts = C.compress(cfg, log=lambda m: None, store_dtype=torch.float32)
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                C.compress(cfg, log=lambda m: None, store_dtype=torch.float32)
+            assert (root / "parts.work" / ("teacher.pt" if stop[0] == "teacher" else "student.pt")).is_file()
+    a, b = _weights(root / "whole"), _weights(root / "parts")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert parts["epochs_log"] == whole["epochs_log"] and parts["teacher"]["test_accuracy"] == whole["teacher"]["test_accuracy"]
+    assert not (root / "parts.work").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(teacher_and_data, monkeypatch):
+    root, teacher, train, test = teacher_and_data
+    monkeypatch.setattr(C, "EPOCH_HOOK", lambda what, epoch: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        C.compress(_cfg(root, teacher, train, test, "other", teacher_epochs=1), log=lambda m: None)
+    monkeypatch.setattr(C, "EPOCH_HOOK", None)
+    with pytest.raises(PipelineError, match="other settings"):
+        C.compress(_cfg(root, teacher, train, test, "other", teacher_epochs=1, teacher_lr=1e-3, resume=True),
+                   log=lambda m: None)
+
+
+def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
+    """Data parallel on CPU (no GPU here): torchrun, 2 gloo processes, each half of every batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, teacher, train, test = teacher_and_data
+    (root / "dp.toml").write_text(f'[compress]\ncache_dir = "{root / "cache_dp"}"\n')
+    common = ["compress", "--config", str(root / "dp.toml"), "--teacher", str(teacher), "--train-data", str(train),
+              "--eval-data", str(test), "--embedding-size", "8", "--epochs", "2", "--teacher-epochs", "1",
+              "--batch-size", "16", "--max-length", "32", "--hidden-weight", "1", "--augment-copies", "1",
+              "--device", "cpu", "--fp32"]
+    # One process first: it fine-tunes and caches the teacher, which the two-process run reuses (teacher
+    # fine-tuning has dropout, whose masks depend on how a batch is split).
+    assert main([*common, "--out", str(root / "dp1")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                          "-m", "pipeline", *common, "--out", str(root / "dp2")], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 processes" in run.stdout
+    assert main([*common, "--epochs", "0", "--out", str(root / "dp0")]) == 0
+    a, b, c = _weights(root / "dp1"), _weights(root / "dp2"), _weights(root / "dp0")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    moved = max(float((a[k] - c[k]).abs().max()) for k in a)  # distillation changed the weights: the test has teeth
+    print(f"max weight difference 1 vs 2 processes {diff:.2e}; distillation moved weights by up to {moved:.2e}")
+    assert diff < 1e-6 and moved > 1e-4
+    card = json.loads((root / "dp2" / "model_card.json").read_text())
+    assert card["hardware"]["processes"] == 2
+
+
+@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction")])
+def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, args, message):
+    root, teacher, train, test = teacher_and_data
+    if message == "no CUDA" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code = main(["compress", "--teacher", str(teacher), "--out", str(root / "bad"), "--train-data", str(train),
+                 "--eval-data", str(test), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]

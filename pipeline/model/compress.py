@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,6 +35,9 @@ from pipeline.config import CompressConfig
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertSpec, ExportAlbert
+from pipeline.model.distill import (Augmenter, Progress, Runtime, attention_log_probs, attention_loss_rows, hardware,
+                                    hidden_loss_rows, layer_map, load_checkpoint, make_runtime, save_atomic,
+                                    wrap_parallel)
 
 Log = Callable[[str], None]
 BERT_LAYER_MAP = {
@@ -93,97 +97,248 @@ class Batches:
         return batches
 
 
-def _run_logits(model: Callable, batches: Batches, batch_size: int = 64) -> torch.Tensor:
-    out = torch.zeros(len(batches), 2 if not hasattr(model, "num_labels") else model.num_labels)
+def _run_logits(model: Callable, batches: Batches, batch_size: int = 64, rt: Runtime | None = None,
+                progress: Progress | None = None) -> torch.Tensor:
+    """Logits of every text, in the texts' order (computed in length-sorted batches)."""
+    device = rt.device if rt is not None else torch.device("cpu")
     results = {}
-    with torch.no_grad():
+    with torch.no_grad(), (rt.autocast() if rt is not None else contextlib.nullcontext()):
         for idx in batches.order(batch_size, None):
             ids, mask, _ = batches.batch(idx)
-            logits = model(ids, mask)
+            logits = model(ids.to(device), mask.to(device)).float().cpu()
             for row, i in enumerate(idx):
                 results[int(i)] = logits[row]
-    return torch.stack([results[i] for i in range(len(batches))]) if results else out
+            if progress is not None:
+                progress.update(len(idx))
+    if progress is not None:
+        progress.close()
+    return torch.stack([results[i] for i in range(len(batches))]) if results else torch.zeros(0, 2)
 
 
 def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
     return float((logits.argmax(-1).numpy() == labels).mean())
 
 
+def _subset(batches: Batches, rows: np.ndarray) -> Batches:
+    part = Batches.__new__(Batches)
+    part.ids, part.labels = [batches.ids[i] for i in rows], batches.labels[rows]
+    return part
+
+
+def split_dev(train: Batches, fraction: float, seed: int) -> tuple[Batches, Batches | None]:
+    """A development split carved out of train (seeded, stratified by label) for decisions; the rest trains."""
+    if not 0.0 <= fraction < 1.0:
+        raise PipelineError(f"--dev-fraction must be in [0, 1), not {fraction}")
+    if fraction == 0.0:
+        return train, None
+    rng = np.random.default_rng([seed, 104729])
+    dev_rows = []
+    for label in np.unique(train.labels):
+        rows = np.flatnonzero(train.labels == label)
+        take = int(round(len(rows) * fraction))
+        dev_rows.extend(rng.choice(rows, take, replace=False).tolist())
+    dev_rows = np.array(sorted(dev_rows), dtype=np.int64)
+    if len(dev_rows) == 0 or len(dev_rows) == len(train):
+        raise PipelineError(f"--dev-fraction {fraction} leaves no dev or no train texts ({len(train)} texts)")
+    rest = np.setdiff1d(np.arange(len(train)), dev_rows)
+    return _subset(train, rest), _subset(train, dev_rows)
+
+
+def _pad(seqs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in seqs)
+    ids = np.zeros((len(seqs), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, x in enumerate(seqs):
+        ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
 # -------------------------------------------------------------------------------------------- teacher
-def _teacher_fn(teacher) -> Callable:
+def _teacher_fn(teacher, rt: Runtime | None = None) -> Callable:
     def run(ids, mask):
         return teacher(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
 
     return run
 
 
-def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, label_names: list[str], log: Log):
-    """Fine-tune (or reuse from the cache) the BERT teacher as a classifier."""
+def _teacher_key(cfg: CompressConfig, weights: Path, teacher_dir: Path, train: Batches, label_names: list[str]) -> str:
+    key = hashlib.sha256()
+    for part in (weights.read_bytes(), (teacher_dir / "config.json").read_bytes(), json.dumps(
+            [cfg.teacher_epochs, cfg.teacher_lr, cfg.batch_size, cfg.seed, cfg.max_length, label_names, len(train),
+             int(train.labels.sum())]).encode()):
+        key.update(part)
+    for ids in train.ids:
+        key.update(ids.tobytes())
+    key.update(train.labels.tobytes())
+    return key.hexdigest()[:16]
+
+
+def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, label_names: list[str], log: Log,
+                     rt: Runtime | None = None, work: Path | None = None, dev: Batches | None = None):
+    """Fine-tune (or reuse from the cache) the BERT teacher as a classifier; dev accuracy after each epoch."""
     from transformers import AutoModelForSequenceClassification
 
+    rt = rt or Runtime(torch.device("cpu"))
     weights = next((teacher_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (teacher_dir / n).is_file()), None)
     if weights is None:
         raise PipelineError("no model.safetensors or pytorch_model.bin", teacher_dir)
-    key = hashlib.sha256()
-    for part in (weights.read_bytes(), (teacher_dir / "config.json").read_bytes(), json.dumps(
-        [cfg.teacher_epochs, cfg.teacher_lr, cfg.batch_size, cfg.seed, cfg.max_length, label_names, len(train),
-         int(train.labels.sum()), [int(x.sum()) for x in train.ids[:50]]]).encode()):
-        key.update(part)
-    cached = Path(cfg.cache_dir) / f"teacher-{key.hexdigest()[:16]}"
+    key = _teacher_key(cfg, weights, teacher_dir, train, label_names)
+    cached = Path(cfg.cache_dir) / f"teacher-{key}"
     id2label = dict(enumerate(label_names))
     if (cached / "config.json").is_file():
         log(f"  teacher: reusing fine-tuned teacher from {cached}")
-        return AutoModelForSequenceClassification.from_pretrained(str(cached), local_files_only=True).eval()
+        teacher = AutoModelForSequenceClassification.from_pretrained(str(cached), local_files_only=True)
+        teacher.pipeline_key = key
+        history = cached / "fine_tuning.json"
+        teacher.pipeline_epochs_log = json.loads(history.read_text())["dev_accuracy_per_epoch"] if history.is_file() else []
+        return teacher.to(rt.device).eval()
     teacher = AutoModelForSequenceClassification.from_pretrained(
         str(teacher_dir), num_labels=len(label_names), id2label=id2label,
         label2id={v: k for k, v in id2label.items()}, local_files_only=True,
-    )
-    _train(teacher, lambda ids, mask: _teacher_fn(teacher)(ids, mask), train, cfg.teacher_epochs, cfg.teacher_lr,
-           cfg, log, "teacher", soft=None)
+    ).to(rt.device)
+
+    def rows_loss(net, examples, copies, epoch):
+        ids, mask = _pad([train.ids[i] for i in examples], rt.device)
+        labels = torch.from_numpy(train.labels[examples]).to(rt.device)
+        logits = net(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+        return F.cross_entropy(logits.float(), labels, reduction="none")
+
+    def evaluate() -> float:
+        return accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)
+
+    epochs_log: list[str] = []
+    _train(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
+           checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
+           evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
     teacher.eval()
-    tmp = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".teacher-"))
-    teacher.save_pretrained(str(tmp))
-    os.replace(tmp, cached) if not cached.exists() else shutil.rmtree(tmp)
+    teacher.pipeline_key = key
+    teacher.pipeline_epochs_log = epochs_log
+    if rt.main:
+        tmp = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".teacher-"))
+        teacher.save_pretrained(str(tmp))
+        (tmp / "fine_tuning.json").write_text(json.dumps({"dev_accuracy_per_epoch": epochs_log}) + "\n")
+        os.replace(tmp, cached) if not cached.exists() else shutil.rmtree(tmp)
+    rt.barrier()
     return teacher
 
 
-def _train(model, forward: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log, what: str,
-           soft: torch.Tensor | None, evaluate: Callable[[], float] | None = None) -> None:
-    """AdamW with linear warm-up/decay; cross-entropy on labels, plus KL to soft logits when given."""
-    rng = np.random.default_rng(cfg.seed)
-    steps = epochs * math.ceil(len(train) / cfg.batch_size)
+# Called as EPOCH_HOOK(what, epoch) after each finished (and checkpointed) epoch; tests use it to interrupt a run.
+EPOCH_HOOK: Callable[[str, int], None] | None = None
+
+
+def _order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    noisy = lengths + rng.uniform(0, 8, size=len(lengths))
+    index = np.argsort(noisy, kind="stable")
+    batches = [index[i : i + batch_size] for i in range(0, len(index), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
+           what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
+           evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
+           seed: int | None = None) -> None:
+    """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
+
+    An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
+    j // n), in length-bucketed batches shuffled by a generator seeded with (seed, epoch): an epoch does not
+    depend on the ones before it, which is what makes --resume exact. Under torchrun each process takes
+    rows rank::world of every batch (see distill.py). After each epoch the model, optimizer, scheduler and
+    torch RNG state are written atomically to `checkpoint` (when given); --resume starts after the last one.
+    """
+    n = len(train)
+    lengths = np.tile(np.array([len(x) for x in train.ids]), copies + 1)
+    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    steps = epochs * per_epoch
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
+    epochs_log = epochs_log if epochs_log is not None else []
+    first = 1
+    if cfg.resume and checkpoint is not None:
+        state = load_checkpoint(checkpoint, fingerprint)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            epochs_log[:] = state["epochs_log"]
+            first = state["epoch"] + 1
+            log(f"  {what}: resuming after epoch {state['epoch']}/{epochs} from {checkpoint}")
+    net = wrap_parallel(model, rt)
     model.train()
-    step = 0
-    for epoch in range(1, epochs + 1):
-        started, total = time.perf_counter(), 0.0
-        for idx in train.order(cfg.batch_size, rng):
-            ids, mask, labels = train.batch(idx)
-            logits = forward(ids, mask)
-            loss = F.cross_entropy(logits, labels)
-            if soft is not None:
-                t = cfg.temperature
-                kd = F.kl_div(F.log_softmax(logits / t, -1), F.softmax(soft[idx] / t, -1), reduction="batchmean") * t * t
-                loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * loss
+    for epoch in range(first, epochs + 1):
+        rng = np.random.default_rng([cfg.seed if seed is None else seed, epoch])
+        total = 0.0
+        progress = Progress(per_epoch, f"  {what} epoch {epoch}/{epochs}", log, enabled=rt.main,
+                            interval=cfg.progress_seconds)
+        for step, idx in enumerate(_order(lengths, cfg.batch_size, rng), 1):
+            examples, copy = idx % n, idx // n
+            mine, weight = slice(rt.rank, None, rt.world), 1.0
+            if len(idx[mine]) == 0:  # fewer rows than processes: take part with a zero weight
+                mine, weight = slice(0, 1), 0.0
+            with rt.autocast():
+                rows = rows_loss(net, examples[mine], copy[mine], epoch)
+            loss = rows.float().sum() * (weight * rt.world / len(idx))
             optimizer.zero_grad()
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
-            total += float(loss)
-            step += 1
-            if step % 25 == 0:
-                log(f"    {what} epoch {epoch} step {step}/{steps} loss {total / (step - (epoch - 1) * math.ceil(len(train) / cfg.batch_size)):.4f}")
-        message = f"  {what} epoch {epoch}/{epochs}: loss {total / math.ceil(len(train) / cfg.batch_size):.4f} ({time.perf_counter() - started:.0f} s)"
+            total += float(loss.detach())  # this process's estimate of the batch mean
+            progress.update(1, f"loss {total / step:.4f}")
+        seconds = progress.close()
+        message = f"  {what} epoch {epoch}/{epochs}: loss {total / per_epoch:.4f} ({seconds:.0f} s, {seconds / per_epoch:.2f} s/batch)"
         if evaluate is not None:
             model.eval()
-            message += f", eval accuracy {evaluate():.4f}"
+            value = evaluate()
+            epochs_log.append(f"{value:.4f}")
+            message += f", dev accuracy {value:.4f}"
             model.train()
         log(message)
+        if checkpoint is not None and rt.main:
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                         "epochs_log": list(epochs_log), "fingerprint": fingerprint}, checkpoint)
+        rt.barrier()
+        if EPOCH_HOOK is not None:
+            EPOCH_HOOK(what, epoch)
     model.eval()
+
+
+class _StudentStates(torch.nn.Module):
+    """The student's logits plus, for intermediate-layer distillation, its hidden states after each call of
+    the (shared) layer and the attention log-probabilities of each call (one module, so DDP sees one forward)."""
+
+    def __init__(self, student: ExportAlbert, hidden: bool, attention: bool):
+        super().__init__()
+        self.student, self.hidden, self.attention = student, hidden, attention
+
+    def forward(self, ids, mask):
+        if not (self.hidden or self.attention):
+            return self.student(ids, mask), [], []
+        collect: list[torch.Tensor] = []
+        logits = self.student.classify(ids, mask, None, collect)
+        attentions = []
+        if self.attention:
+            encoder, spec = self.student.albert.encoder, self.student.spec
+            additive = (1.0 - mask.float())[:, None, None, :] * -10000.0
+            for call in range(spec.num_hidden_layers):
+                layer = encoder.albert_layer_groups[encoder.group_for_layer(call)].albert_layers[0].attention
+                attentions.append(attention_log_probs(layer.query, layer.key, collect[call], additive,
+                                                      spec.num_attention_heads))
+        return logits, collect[1:], attentions
 
 
 # -------------------------------------------------------------------------------------------- student
@@ -220,9 +375,9 @@ def _helmert_rows(size: int) -> torch.Tensor:
 
 def factorize_embeddings(bert_embeddings, train: Batches, embedding_size: int, sample_tokens: int = 200_000) -> dict:
     """ALBERT E-dim tables and E -> H mapping from BERT's H-dim embeddings (see the module docstring)."""
-    words = bert_embeddings.word_embeddings.weight.detach().double()
-    positions = bert_embeddings.position_embeddings.weight.detach().double()
-    types = bert_embeddings.token_type_embeddings.weight.detach().double()
+    words = bert_embeddings.word_embeddings.weight.detach().double().cpu()
+    positions = bert_embeddings.position_embeddings.weight.detach().double().cpu()
+    types = bert_embeddings.token_type_embeddings.weight.detach().double().cpu()
     hidden = words.shape[1]
     sums = []
     for ids in train.ids:
@@ -242,8 +397,8 @@ def factorize_embeddings(bert_embeddings, train: Batches, embedding_size: int, s
     def project(table: torch.Tensor) -> torch.Tensor:
         return (table - table.mean(-1, keepdim=True)) @ basis @ rotation
 
-    gamma = bert_embeddings.LayerNorm.weight.detach().double()
-    beta = bert_embeddings.LayerNorm.bias.detach().double()
+    gamma = bert_embeddings.LayerNorm.weight.detach().double().cpu()
+    beta = bert_embeddings.LayerNorm.bias.detach().double().cpu()
     e = embedding_size
     mapping = math.sqrt(hidden / e) * (gamma[:, None] * (basis @ rotation))  # H x E  (torch Linear weight)
     kept = float((centred @ basis).pow(2).sum() / centred.pow(2).sum())
@@ -305,9 +460,9 @@ def build_student(spec: AlbertSpec, teacher, factorized: dict, shared_from: int,
     return student
 
 
-def _agreement(student: ExportAlbert, probe: Batches, teacher_logits: torch.Tensor) -> float:
+def _agreement(student: ExportAlbert, probe: Batches, teacher_logits: torch.Tensor, rt: Runtime | None = None) -> float:
     student.eval()
-    logits = _run_logits(lambda i, m: student(i, m), probe)
+    logits = _run_logits(lambda i, m: student(i, m), probe, rt=rt)
     return float(F.kl_div(F.log_softmax(logits, -1), F.softmax(teacher_logits, -1), reduction="batchmean"))
 
 
@@ -359,20 +514,28 @@ def save_checkpoint(student: ExportAlbert, spec: AlbertSpec, label_names: list[s
         raise
 
 
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def model_card_markdown(card: dict) -> str:
     t, s = card["teacher"], card["student"]
     lines = [
         f"# {card['name']}", "",
         f"ALBERT student compressed from `{t['source']}` by `{card['command']}`.", "",
-        "| model | parameters | fp32 MB | stored MB | test accuracy |", "|---|---:|---:|---:|---:|",
-        f"| teacher (fine-tuned) | {t['params']:,} | {t['fp32_bytes'] / 1e6:.1f} | | {t['test_accuracy']:.4f} |",
-        f"| student | {s['params']:,} | {s['fp32_bytes'] / 1e6:.1f} | {s['stored_bytes'] / 1e6:.1f} | {s['test_accuracy']:.4f} |",
-        f"| majority class | | | | {card['majority_baseline']:.4f} |", "",
+        "| model | parameters | fp32 MB | stored MB | dev accuracy | test accuracy |", "|---|---:|---:|---:|---:|---:|",
+        f"| teacher (fine-tuned) | {t['params']:,} | {t['fp32_bytes'] / 1e6:.1f} | | {_fmt(t.get('dev_accuracy'))} | {t['test_accuracy']:.4f} |",
+        f"| student | {s['params']:,} | {s['fp32_bytes'] / 1e6:.1f} | {s['stored_bytes'] / 1e6:.1f} | {_fmt(s.get('dev_accuracy'))} | {s['test_accuracy']:.4f} |",
+        f"| majority class | | | | | {card['majority_baseline']:.4f} |", "",
         f"Student/teacher parameters: {s['params'] / t['params']:.3f}. Settings: `{json.dumps(card['settings'])}`.", "",
-        "Shared-layer choice (KL of student to teacher logits on held-out train texts, lower is better): "
+        f"Recipe: {card.get('recipe', {}).get('distill', '')}. Data: `{json.dumps(card.get('data', {}))}`. "
+        f"Seeds: `{json.dumps(card.get('seeds', {}))}`.", "",
+        f"Wall time {card.get('seconds', 0):.0f} s (teacher {card.get('seconds_teacher', 0):.0f} s, distillation "
+        f"{card.get('seconds_distill', 0):.0f} s) on `{json.dumps(card.get('hardware', {}))}`.", "",
+        "Shared-layer choice (KL of student to teacher logits on up to 256 dev texts, lower is better): "
         + ", ".join(f"{k}: {v:.4f}" for k, v in card.get("shared_layer_probe", {}).items()), "",
         f"Embedding factorization kept {card['embedding_energy_kept']:.3f} of the centred embedding energy.", "",
-        "Per-epoch distillation: " + "; ".join(card.get("epochs_log", [])), "",
+        "Per-epoch distillation (dev accuracy): " + "; ".join(card.get("epochs_log", [])), "",
     ]
     return "\n".join(lines)
 
@@ -398,12 +561,76 @@ def _label_names_from(path: str, cfg: CompressConfig) -> list[str]:
     return sorted({str(r[cfg.label_column]).strip() for r in rows})
 
 
+def _student_rows_loss(cfg: CompressConfig, train: Batches, soft: torch.Tensor | None, teacher, rt: Runtime,
+                       augment: Augmenter | None, student_layers: int) -> Callable:
+    """Per-row distillation loss: soft logits (KL at temperature T) + hard labels, plus the intermediate-layer
+    terms; the teacher runs online when its hidden states are needed or the texts are augmented copies."""
+    online = soft is None
+    t_layers = teacher.config.num_hidden_layers
+    mapping = layer_map(student_layers, t_layers)
+    heads = teacher.config.num_attention_heads
+    want_states = cfg.hidden_weight > 0 or cfg.attention_weight > 0
+
+    def rows_loss(net, examples, copies, epoch):
+        seqs = [train.ids[e] if c == 0 else augment(train.ids[e], epoch, int(e), int(c)) for e, c in zip(examples, copies)]
+        ids, mask = _pad(seqs, rt.device)
+        labels = torch.from_numpy(train.labels[examples]).to(rt.device)
+        t_hidden = t_att = None
+        if online:
+            with torch.no_grad():
+                out = teacher(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                              output_hidden_states=want_states)
+                t_logits = out.logits.float()
+                if want_states:
+                    t_hidden = [out.hidden_states[layer] for layer in mapping]
+                if cfg.attention_weight > 0:
+                    additive = (1.0 - mask.float())[:, None, None, :] * -10000.0
+                    t_att = []
+                    for layer in mapping:
+                        attn = teacher.bert.encoder.layer[layer - 1].attention.self
+                        t_att.append(attention_log_probs(attn.query, attn.key, out.hidden_states[layer - 1], additive,
+                                                         heads))
+            augmented = torch.from_numpy(np.asarray(copies) > 0).to(rt.device)
+            labels = torch.where(augmented, t_logits.argmax(-1), labels)
+        else:
+            t_logits = soft[torch.from_numpy(np.asarray(examples))].to(rt.device)
+        logits, s_hidden, s_att = net(ids, mask)
+        logits = logits.float()
+        t = cfg.temperature
+        kd = (F.softmax(t_logits / t, -1) * (F.log_softmax(t_logits / t, -1) - F.log_softmax(logits / t, -1))).sum(-1) * t * t
+        loss = cfg.distill_weight * kd + (1 - cfg.distill_weight) * F.cross_entropy(logits, labels, reduction="none")
+        if cfg.hidden_weight > 0:
+            loss = loss + cfg.hidden_weight * sum(hidden_loss_rows(s, h, mask) for s, h in zip(s_hidden, t_hidden)) / len(mapping)
+        if cfg.attention_weight > 0:
+            loss = loss + cfg.attention_weight * sum(attention_loss_rows(s, a, mask) for s, a in zip(s_att, t_att)) / len(mapping)
+        return loss
+
+    return rows_loss
+
+
+def work_dir(out_dir: str | Path) -> Path:
+    """Where per-epoch checkpoints of a run go (beside the output; removed once the output is written)."""
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.work"
+
+
+def _settings_fingerprint(cfg: CompressConfig, teacher_key: str) -> str:
+    skip = ("out_dir", "cache_dir", "resume", "device", "progress_seconds", "eval_data", "eval_limit")
+    settings = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    return hashlib.sha256(json.dumps([settings, teacher_key], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pipeline compress",
              store_dtype: torch.dtype = torch.float16) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    rt = make_runtime(cfg.device)
+    if not rt.main:
+        log = lambda message: None  # noqa: E731 - one process reports
+    if cfg.hidden_weight < 0 or cfg.attention_weight < 0 or cfg.augment_copies < 0 or not 0 <= cfg.augment_prob <= 1:
+        raise PipelineError("--hidden-weight, --attention-weight and --augment-copies must be >= 0, --augment-prob in [0, 1]")
     teacher_dir = Path(cfg.teacher_dir) if cfg.teacher_dir else default_teacher_dir()
     if not (teacher_dir / "config.json").is_file():
         raise PipelineError("no config.json: not a Hugging Face checkpoint directory", teacher_dir)
@@ -413,61 +640,103 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                             teacher_dir / "config.json")
     Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), local_files_only=True)
+    work = work_dir(cfg.out_dir)
+    if not cfg.resume and rt.main and work.exists():
+        log(f"[compress] starting over: removing the checkpoints of an earlier run in {work} (--resume continues one)")
+        shutil.rmtree(work)
 
     started = time.perf_counter()
     train_data, test_data = load_compress_data(cfg, None if cfg.train_data else list(DEFAULT_LABELS))
     label_names = train_data.label_names
-    log(f"[compress] data: {len(train_data)} train / {len(test_data)} test texts from {train_data.source}")
-    train, test = Batches(tokenizer, train_data, cfg.max_length), Batches(tokenizer, test_data, cfg.max_length)
+    full_train, test = Batches(tokenizer, train_data, cfg.max_length), Batches(tokenizer, test_data, cfg.max_length)
+    train, dev = split_dev(full_train, cfg.dev_fraction, cfg.seed)
+    log(f"[compress] data: {len(train)} train + {len(dev) if dev else 0} dev (carved from {train_data.source}, "
+        f"seed {cfg.seed}) / {len(test)} test texts from {test_data.source}; device {rt.device}"
+        + (f", {rt.world} processes" if rt.distributed else ""))
     majority = float(np.bincount(test.labels, minlength=len(label_names)).max() / len(test))
 
     log(f"[compress] teacher: {teacher_dir.name} ({teacher_config.num_hidden_layers} layers, hidden {teacher_config.hidden_size})")
-    teacher = finetune_teacher(cfg, teacher_dir, train, label_names, log)
+    teacher = finetune_teacher(cfg, teacher_dir, train, label_names, log, rt, work, dev)
+    teacher_seconds = time.perf_counter() - started
     teacher_fn = _teacher_fn(teacher)
-    teacher_test = _run_logits(teacher_fn, test)
+
+    def eval_progress(what: str, batches: Batches) -> Progress:
+        return Progress(len(batches), f"  {what}", log, enabled=rt.main, interval=cfg.progress_seconds, unit="text")
+
+    teacher_test = _run_logits(teacher_fn, test, rt=rt, progress=eval_progress("teacher on test", test))
     teacher_accuracy = accuracy(teacher_test, test.labels)
-    log(f"  teacher test accuracy {teacher_accuracy:.4f} (majority class {majority:.4f}) [{time.perf_counter() - started:.0f} s]")
-    teacher_train = _run_logits(teacher_fn, train) if cfg.epochs > 0 else None
+    teacher_dev = _run_logits(teacher_fn, dev, rt=rt) if dev is not None else None
+    teacher_dev_accuracy = accuracy(teacher_dev, dev.labels) if dev is not None else None
+    log(f"  teacher test accuracy {teacher_accuracy:.4f}"
+        + (f", dev {teacher_dev_accuracy:.4f}" if dev is not None else "")
+        + f" (majority class {majority:.4f}) [{time.perf_counter() - started:.0f} s]")
+    online = cfg.hidden_weight > 0 or cfg.attention_weight > 0 or cfg.augment_copies > 0
+    teacher_train = (_run_logits(teacher_fn, train, rt=rt, progress=eval_progress("teacher on train", train))
+                     if cfg.epochs > 0 and not online else None)
 
     spec = student_spec(teacher_config, cfg, len(label_names))
     factorized = factorize_embeddings(teacher.bert.embeddings, train, cfg.embedding_size)
     log(f"[compress] student: E={spec.embedding_size}, share={cfg.share}, layers={spec.num_hidden_layers}, "
         f"embedding basis keeps {factorized['energy_kept']:.3f} of the energy")
 
-    probe_size = min(256, max(1, len(train) // 4))
-    probe_ids = np.random.default_rng(cfg.seed).choice(len(train), probe_size, replace=False)
-    probe = Batches.__new__(Batches)
-    probe.ids, probe.labels = [train.ids[i] for i in probe_ids], train.labels[probe_ids]
-    probe_teacher = teacher_train[torch.from_numpy(probe_ids)] if teacher_train is not None else _run_logits(teacher_fn, probe)
+    # The shared layer is chosen on dev texts (or, without a dev split, a seeded slice of train).
+    if dev is not None:
+        probe_ids = np.random.default_rng(cfg.seed).choice(len(dev), min(256, len(dev)), replace=False)
+        probe, probe_teacher = _subset(dev, probe_ids), teacher_dev[torch.from_numpy(probe_ids)]
+    else:
+        probe_ids = np.random.default_rng(cfg.seed).choice(len(train), min(256, max(1, len(train) // 4)), replace=False)
+        probe = _subset(train, probe_ids)
+        probe_teacher = _run_logits(teacher_fn, probe, rt=rt)
     probe_scores: dict[str, float] = {}
     shared_from = 0
     if cfg.share != "none":
+        progress = Progress(teacher_config.num_hidden_layers, "  probe shared layer", log, enabled=rt.main,
+                            interval=cfg.progress_seconds, unit="layer")
         for layer in range(teacher_config.num_hidden_layers):
-            candidate = build_student(spec, teacher, factorized, layer, cfg.share)
-            probe_scores[f"layer {layer}"] = _agreement(candidate, probe, probe_teacher)
+            candidate = build_student(spec, teacher, factorized, layer, cfg.share).to(rt.device)
+            probe_scores[f"layer {layer}"] = _agreement(candidate, probe, probe_teacher, rt)
+            progress.update(1)
+        progress.close()
         shared_from = int(min(probe_scores, key=probe_scores.get).split()[1])
-        log(f"  shared layer from teacher layer {shared_from} (probe KL: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in probe_scores.items()) + ")")
-    student = build_student(spec, teacher, factorized, shared_from, cfg.share)
-    initial = accuracy(_run_logits(lambda i, m: student(i, m), test), test.labels)
-    log(f"  student before distillation: test accuracy {initial:.4f}")
+        log(f"  shared layer from teacher layer {shared_from} (probe KL on {len(probe)} "
+            f"{'dev' if dev is not None else 'train'} texts: " + ", ".join(f"{k} {v:.3f}" for k, v in probe_scores.items()) + ")")
+    student = build_student(spec, teacher, factorized, shared_from, cfg.share).to(rt.device)
+    decision = dev if dev is not None else test
+    initial = accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
+    log(f"  student before distillation: {'dev' if dev is not None else 'test'} accuracy {initial:.4f}")
 
     epochs_log: list[str] = []
 
     def evaluate() -> float:
-        value = accuracy(_run_logits(lambda i, m: student(i, m), test), test.labels)
-        epochs_log.append(f"{value:.4f}")
-        return value
+        return accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
 
+    distill_started = time.perf_counter()
+    # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
+    # distillation recipe with the same dev split and the same cached teacher.
+    distill_seed = cfg.seed if cfg.distill_seed is None else cfg.distill_seed
     if cfg.epochs > 0:
-        _train(student, lambda i, m: student(i, m), train, cfg.epochs, cfg.lr, cfg, log, "distill", soft=teacher_train,
-               evaluate=evaluate)
+        augment = None
+        if cfg.augment_copies > 0:
+            special = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                                   tokenizer.unk_token_id, tokenizer.mask_token_id) if i is not None}
+            augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, distill_seed)
+        rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
+        wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
+        _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
+               checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
+               copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed)
+    distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
+    student = student.cpu()
     with torch.no_grad():
         for p in student.parameters():
             p.copy_(p.to(store_dtype).float())
-    student_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), test), test.labels)
-    log(f"  student test accuracy {student_accuracy:.4f} as stored ({store_dtype}) [{time.perf_counter() - started:.0f} s]")
+    cpu = Runtime(torch.device("cpu"))
+    student_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), test, rt=cpu), test.labels)
+    student_dev_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), dev, rt=cpu), dev.labels) if dev else None
+    log(f"  student test accuracy {student_accuracy:.4f}"
+        + (f", dev {student_dev_accuracy:.4f}" if dev is not None else "")
+        + f" as stored ({store_dtype}) [{time.perf_counter() - started:.0f} s]")
 
     teacher_params = sum(p.numel() for p in teacher.parameters())
     student_params = student.num_parameters()
@@ -475,26 +744,48 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         "name": Path(cfg.out_dir).name,
         "command": command,
         "teacher": {"source": str(teacher_dir), "params": teacher_params, "fp32_bytes": teacher_params * 4,
-                    "test_accuracy": teacher_accuracy},
+                    "test_accuracy": teacher_accuracy, "dev_accuracy": teacher_dev_accuracy,
+                    "dev_accuracy_per_epoch": getattr(teacher, "pipeline_epochs_log", [])},
         "student": {"params": student_params, "fp32_bytes": student_params * 4,
                     "stored_bytes": student_params * torch.finfo(store_dtype).bits // 8,
-                    "test_accuracy": student_accuracy, "test_accuracy_before_distillation": initial,
+                    "test_accuracy": student_accuracy, "dev_accuracy": student_dev_accuracy,
+                    "dev_accuracy_before_distillation": initial if dev is not None else None,
                     "spec": spec.to_dict()},
         "majority_baseline": majority,
         "label_names": label_names,
-        "data": {"train": train_data.source, "test": test_data.source, "train_size": len(train), "test_size": len(test)},
+        "data": {"train": train_data.source, "test": test_data.source, "train_size": len(train),
+                 "dev_size": len(dev) if dev is not None else 0, "test_size": len(test),
+                 "dev_split": f"{cfg.dev_fraction:g} of the train texts per label, seed {cfg.seed}"},
+        "recipe": {"distill": "KL(teacher || student) at temperature T, weight distill_weight; hard labels 1 - it"
+                              + (f"; hidden states x{cfg.hidden_weight:g}" if cfg.hidden_weight else "")
+                              + (f"; attention KL x{cfg.attention_weight:g}" if cfg.attention_weight else "")
+                              + (f"; {cfg.augment_copies} teacher-labelled augmented copies per text an epoch "
+                                 f"(p={cfg.augment_prob:g})" if cfg.augment_copies else ""),
+                   "layer_map": layer_map(spec.num_hidden_layers, teacher_config.num_hidden_layers)},
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
+        "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
+                  "distill_epoch_order": f"[{distill_seed}, epoch]",
+                  "augmentation": f"[{distill_seed}, 7919, epoch, example, copy]"},
         "shared_from_teacher_layer": shared_from if cfg.share != "none" else None,
         "shared_layer_probe": probe_scores,
         "embedding_energy_kept": factorized["energy_kept"],
         "epochs_log": epochs_log,
         "seconds": round(time.perf_counter() - started, 1),
+        "seconds_teacher": round(teacher_seconds, 1),
+        "seconds_distill": round(distill_seconds, 1),
+        "hardware": {**hardware(), "device": str(rt.device), "processes": rt.world,
+                     "mixed_precision": str(rt.amp_dtype) if rt.amp_dtype else None},
         "versions": {"torch": torch.__version__},
     }
     import transformers
 
     card["versions"]["transformers"] = transformers.__version__
-    save_checkpoint(student, spec, label_names, teacher_dir, Path(cfg.out_dir), store_dtype, card,
-                    tokenizer.pad_token_id or 0)
+    if rt.main:
+        save_checkpoint(student, spec, label_names, teacher_dir, Path(cfg.out_dir), store_dtype, card,
+                        tokenizer.pad_token_id or 0)
+        shutil.rmtree(work, ignore_errors=True)
+    rt.barrier()
+    if rt.distributed:
+        torch.distributed.destroy_process_group()
     log(f"[compress] wrote {cfg.out_dir} ({student_params:,} parameters, {student_params / teacher_params:.1%} of the teacher)")
     return card

@@ -1,0 +1,254 @@
+"""Training machinery of `compress`: losses, augmentation, progress, checkpoints, device and data parallelism.
+
+- Intermediate-layer distillation: the student's shared layer is called L times; after call i its hidden
+  states are compared with the teacher's layer `layer_map[i]` (MSE of per-token standardised states, i.e.
+  2 * (1 - Pearson correlation) per token) and, optionally, its attention distributions (KL, teacher ->
+  student, per head and valid query token). Attention distributions are recomputed from the layer's input
+  hidden states and its query/key projections, for teacher and student alike, so no model code changes.
+- Teacher-labelled augmentation (TinyBERT-style, without a second model): each augmented copy of a text
+  masks, replaces (by a train-frequency-weighted vocabulary token) or deletes a span of word pieces with a
+  small probability; the teacher's logits on the copy are its soft label and their argmax its hard label.
+  Each copy is a function of (seed, epoch, example, copy) only, so it does not depend on batch order,
+  on the number of processes, or on where a resumed run restarted.
+- Data parallelism under `torchrun` (env WORLD_SIZE > 1): every process builds the same batches and takes
+  rows rank::world of each; losses are sums over rows divided by the global batch size (times the world
+  size, which DistributedDataParallel's gradient mean divides out), so a step equals the single-process
+  step up to floating-point summation order.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------- device / dist
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA (bf16 when supported, else fp16)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def make_runtime(device: str) -> Runtime:
+    """--device auto|cpu|cuda, and torchrun's RANK/WORLD_SIZE/LOCAL_RANK when present."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise PipelineError(f"--device must be auto, cpu or cuda, not {device!r}")
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise PipelineError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    use_cuda = has_cuda and device in ("auto", "cuda")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dev, amp = torch.device("cpu"), None
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Runtime(dev, rank, world, amp)
+
+
+def wrap_parallel(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    if not rt.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+
+def hardware() -> dict:
+    """CPU model and the ISA flags that matter for inference kernels; GPU name when one is used."""
+    info: dict = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name") and "cpu" not in info:
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and "isa_flags" not in info:
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                          "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+                info["isa_flags"] = [f for f in wanted if f in flags]
+    except OSError:
+        import platform
+
+        info["cpu"] = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class Progress:
+    """tqdm bar on a terminal; otherwise one log line (with rate and ETA) every `interval` seconds."""
+
+    def __init__(self, total: int, desc: str, log: Log, enabled: bool = True, interval: float = 30.0,
+                 unit: str = "batch"):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.log, self.unit, self.interval = total, desc, log, unit, interval
+        self.enabled, self.n, self.started, self.last = enabled, 0, time.perf_counter(), time.perf_counter()
+        self.postfix = ""
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, leave=False,
+                            dynamic_ncols=True)
+        self._format = tqdm.format_meter
+
+    def update(self, n: int = 1, postfix: str = "") -> None:
+        self.n += n
+        self.postfix = postfix
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.interval and self.n < self.total:
+            self.last = now
+            self.log("    " + self._format(self.n, self.total, now - self.started, prefix=self.desc, unit=self.unit,
+                                           postfix=postfix or None, ncols=0))
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.close()
+        return time.perf_counter() - self.started
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(handle)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise PipelineError("--resume: this checkpoint was written by a run with other settings or data; "
+                            "run without --resume to start over", path)
+    return state
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+@dataclass
+class Augmenter:
+    """Per-(epoch, example, copy) deterministic corruption of word-piece id sequences."""
+
+    prob: float
+    mask_id: int | None
+    vocab_ids: np.ndarray  # candidate replacement ids (train word pieces)
+    vocab_p: np.ndarray  # their frequencies
+    seed: int
+
+    @classmethod
+    def from_train(cls, ids: list[np.ndarray], prob: float, mask_id: int | None, special: set[int], seed: int):
+        counts: dict[int, int] = {}
+        for row in ids:
+            for t in row[1:-1].tolist():
+                if t not in special:
+                    counts[t] = counts.get(t, 0) + 1
+        keys = np.array(sorted(counts), dtype=np.int64)
+        freq = np.array([counts[k] for k in keys], dtype=np.float64)
+        freq = freq ** 0.75  # flatten like word2vec's negative sampling: rarer words show up too
+        return cls(prob, mask_id, keys, freq / freq.sum(), seed)
+
+    def __call__(self, ids: np.ndarray, epoch: int, example: int, copy: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 7919, epoch, example, copy])
+        body = ids[1:-1]  # keep [CLS] ... [SEP]
+        if len(body) == 0 or len(self.vocab_ids) == 0:
+            return ids
+        action = rng.random(len(body))
+        out = body.copy()
+        chosen = action < self.prob
+        kind = rng.integers(0, 3, len(body))  # 0 mask, 1 replace, 2 delete (a span of 1-3 pieces)
+        replace = chosen & ((kind == 1) | ((kind == 0) & (self.mask_id is None)))
+        out[replace] = rng.choice(self.vocab_ids, size=int(replace.sum()), p=self.vocab_p)
+        if self.mask_id is not None:
+            out[chosen & (kind == 0)] = self.mask_id
+        keep = np.ones(len(body), dtype=bool)
+        for start in np.flatnonzero(chosen & (kind == 2)):
+            keep[start : start + int(rng.integers(1, 4))] = False
+        if not keep.any():
+            keep[0] = True
+        return np.concatenate([ids[:1], out[keep], ids[-1:]])
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def attention_log_probs(query: torch.nn.Linear, key: torch.nn.Linear, hidden: torch.Tensor,
+                        additive_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """log softmax(QK^T / sqrt(d) + mask): [B, heads, S, S], recomputed from a layer's input."""
+    batch, seq, width = hidden.shape
+    size = width // heads
+    q = query(hidden).view(batch, seq, heads, size).transpose(1, 2)
+    k = key(hidden).view(batch, seq, heads, size).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(size) + additive_mask
+    return torch.log_softmax(scores.float(), dim=-1)
+
+
+def hidden_loss_rows(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean over valid tokens of MSE between per-token standardised hidden states."""
+    s = F.layer_norm(student.float(), student.shape[-1:])
+    t = F.layer_norm(teacher.float(), teacher.shape[-1:])
+    per_token = (s - t).pow(2).mean(-1)
+    m = mask.float()
+    return (per_token * m).sum(-1) / m.sum(-1).clamp_min(1)
+
+
+def attention_loss_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(teacher || student) of attention distributions, mean over heads and valid query tokens."""
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp))
+    kl = kl.masked_fill(mask[:, None, None, :] == 0, 0.0).sum(-1)  # [B, heads, S]
+    m = mask.float()[:, None, :]
+    return (kl * m).sum(-1).mean(-1) / m.sum(-1).squeeze(1).clamp_min(1)
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (1-based, as in hidden_states) that the student's call i (1-based) is compared with."""
+    return [max(1, round((i + 1) * teacher_layers / student_layers)) for i in range(student_layers)]
