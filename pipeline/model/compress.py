@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import CompressConfig
+from pipeline.console import progress
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertSpec, ExportAlbert
@@ -160,7 +161,8 @@ def _train(model, forward: Callable, train: Batches, epochs: int, lr: float, cfg
     step = 0
     for epoch in range(1, epochs + 1):
         started, total = time.perf_counter(), 0.0
-        for idx in train.order(cfg.batch_size, rng):
+        for idx in progress(train.order(cfg.batch_size, rng), total=math.ceil(len(train) / cfg.batch_size),
+                            desc=f"  {what} epoch {epoch}/{epochs}", unit="batch"):
             ids, mask, labels = train.batch(idx)
             logits = forward(ids, mask)
             loss = F.cross_entropy(logits, labels)
@@ -175,8 +177,6 @@ def _train(model, forward: Callable, train: Batches, epochs: int, lr: float, cfg
             scheduler.step()
             total += float(loss)
             step += 1
-            if step % 25 == 0:
-                log(f"    {what} epoch {epoch} step {step}/{steps} loss {total / (step - (epoch - 1) * math.ceil(len(train) / cfg.batch_size)):.4f}")
         message = f"  {what} epoch {epoch}/{epochs}: loss {total / math.ceil(len(train) / cfg.batch_size):.4f} ({time.perf_counter() - started:.0f} s)"
         if evaluate is not None:
             model.eval()
