@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -168,6 +169,7 @@ def run_compress(args: argparse.Namespace) -> int:
                              "max_length", "train_limit", "eval_limit", "seed"])
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"
     check_fields(config, "compress")
+    WRITES[:] = [Path(config.out_dir), Path(config.cache_dir), Path(tempfile.gettempdir())]
     compress(config, log, command=command, store_dtype=torch.float32 if args.fp32 else torch.float16)
     return 0
 
@@ -184,6 +186,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.no_copy_to_apps:
         config.build.copy_to_apps = False
     check_fields(config.build, "build")  # options and config alike: types and ranges from config.py's fields
+    WRITES[:] = [Path(config.build.out_dir), Path(config.build.cache_dir), Path(tempfile.gettempdir())]
     unknown = [r for r in config.build.runtimes if r not in RUNTIMES]
     if unknown or not config.build.runtimes:
         raise PipelineError(f"unknown runtime(s) {unknown or config.build.runtimes}; choose from {', '.join(RUNTIMES)}")
@@ -205,12 +208,14 @@ def run_build(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from pipeline.gate import validate_folder
 
+    WRITES[:] = [Path(args.report_dir or args.artifacts), Path(tempfile.gettempdir())]
     return validate_folder(args, log)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import bench
 
+    WRITES[:] = [Path(args.out or args.artifacts), Path(tempfile.gettempdir())]
     return bench(args, log)
 
 
@@ -225,10 +230,36 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+# Folders the running command writes to: an OSError that names no file (a failed write() on a full disk) is
+# blamed on the one whose file system is full or read-only.
+WRITES: list[Path] = []
+
+
+def _blame(err: OSError) -> str | None:
+    for folder in WRITES:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            stat = os.statvfs(probe)
+        except OSError:
+            continue
+        if err.errno == errno.ENOSPC and (stat.f_bavail == 0 or stat.f_favail == 0):
+            return str(folder)
+        if err.errno == errno.EROFS and stat.f_flag & os.ST_RDONLY:
+            return str(folder)
+        if err.errno in (errno.EACCES, errno.EPERM) and not os.access(probe, os.W_OK):
+            return str(folder)
+    return None
+
+
 def os_error_line(err: OSError) -> str:
     """`error: <path>: <strerror>` for out-of-space, permission, read-only file system and the like."""
     reason = err.strerror or errno.errorcode.get(err.errno or 0, "") or str(err)
-    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    if err.filename2 is not None and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        paths = [str(err.filename2)]  # shutil's copy names source and destination: the destination is full
+    else:
+        paths = [str(p) for p in (err.filename, err.filename2) if p is not None] or [p for p in [_blame(err)] if p]
     return one_line(f"error: {' -> '.join(paths)}: {reason}" if paths else f"error: {reason}")
 
 
