@@ -42,6 +42,7 @@ import numpy as np
 from pipeline.artifact import read_manifest
 from pipeline.console import attach_from_env, child_progress, progress
 from pipeline.errors import PipelineError
+from pipeline.provenance import find_model_dir
 
 Log = Callable[[str], None]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def rebuild_for_length(manifest: dict, length: int, out_root: Path, cache_dir: s
 
     config = PipelineConfig()
     b = config.build
-    b.model_dir = manifest["model"]["source"]
+    b.model_dir = str(find_model_dir(manifest["model"]))
     b.out_dir = str(out_root)
     b.max_length = length
     b.target = manifest.get("target", "android")
@@ -290,7 +291,7 @@ def bench(args, log: Log = print) -> int:
     # read before anything runs: a bad folder is a clear error, not a failure halfway through
     compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
     own_length = static_length(manifest)
-    source = Path(manifest["model"]["source"])
+    source = find_model_dir(manifest["model"])
     started = time.perf_counter()
     log(f"bench: {folder} ({own_length} tokens, static), lengths {lengths}, threads {threads}, {runs} runs")
     model = load_checkpoint(source)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.provenance import portable_name, remember
 
 DEFAULT_DATASET = "small_fine_foods"
 DEFAULT_LABELS = ["great", "other"]
@@ -162,7 +163,9 @@ def load_labeled_file(
         texts.append(str(text))
         if has_labels:
             labels.append(_label_id(row.get(label_column), label_names, path, number))
-    return LabeledTexts(texts, labels if has_labels else None, list(label_names), str(path))
+    digest = sha256_file(path)
+    remember(digest, path)  # what ships names the file by name and hash; validate finds it here by its hash
+    return LabeledTexts(texts, labels if has_labels else None, list(label_names), portable_name(path, digest))
 
 
 def _label_id(value: object, label_names: list[str], path: Path, row: int) -> int:
