@@ -42,6 +42,7 @@ class Console:
         self._log: TextIO | None = None
         self._saved: list[tuple[int, int]] = []
         self._saved_streams = (sys.stdout, sys.stderr)
+        self._repointed: list = []
         self._lock = threading.Lock()
         self.bars = 0
 
@@ -81,6 +82,14 @@ class Console:
             except OSError:  # no such descriptor (a daemon): the Python-level redirection still holds
                 pass
         sys.stdout = sys.stderr = self._log
+        # logging handlers made before (e.g. at an import) hold the old stream objects: point them at the log too
+        import logging
+
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in getattr(logger, "handlers", []):
+                if isinstance(handler, logging.StreamHandler) and handler.stream in self._saved_streams:
+                    self._repointed.append((handler, handler.stream))
+                    handler.setStream(self._log)
 
     def stop(self, final_log: Path | None = None) -> Path | None:
         """Undo the redirection; move the log to `final_log` (its folder must exist) and return where it is."""
@@ -96,6 +105,9 @@ class Console:
             os.close(saved)
         self._saved.clear()
         sys.stdout, sys.stderr = self._saved_streams
+        for handler, stream in self._repointed:
+            handler.setStream(stream)
+        self._repointed.clear()
         if self._log is not None:
             self._log.close()
             self._log = None
