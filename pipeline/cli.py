@@ -263,8 +263,26 @@ def os_error_line(err: OSError) -> str:
     return one_line(f"error: {' -> '.join(paths)}: {reason}" if paths else f"error: {reason}")
 
 
+HASH_SEED = "0"
+
+
+def _reexec_with_fixed_hash_seed() -> None:
+    """Python randomizes str hashes per process, and the order in which ExecuTorch serializes an int8 program's
+    quantization scales follows set iteration: two cold builds wrote int8 .pte files that differed in a few
+    hundred bytes (same metrics). With a fixed PYTHONHASHSEED they are byte-identical (tests/test_reproducible.py).
+    The seed must be set before the interpreter starts, so the CLI re-executes itself once (same pid)."""
+    if os.environ.get("PYTHONHASHSEED") is not None or not getattr(sys, "orig_argv", None):
+        return
+    os.environ["PYTHONHASHSEED"] = HASH_SEED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None:  # the command line itself (not a test calling main): reproducible artifacts
+        _reexec_with_fixed_hash_seed()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
