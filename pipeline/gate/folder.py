@@ -219,7 +219,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
                                              for r in results if "fallback" in r.artifact.details) or "nothing to fix"
 
     try:
-        write_reports(report_dir, results, reference, f"Drift gate: {folder}", context)
+        write_reports(report_dir, results, reference, f"Drift gate: {folder.name}", context)
         data = json.loads((report_dir / "report.json").read_text())
         data["thresholds_used"] = {"source": thresholds_source,
                                    "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}}
