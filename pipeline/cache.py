@@ -86,10 +86,14 @@ class StageCache:
         remove_stale(self.root, f".{stage}-")  # staging folders of builds that were killed
         staged = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{stage}-{os.getpid()}-"))
         record = {"files": {}, "meta": meta}
-        for name, path in files.items():
-            shutil.copy2(path, staged / name)
-            record["files"][name] = sha256_file(staged / name)
-        (staged / "entry.json").write_text(json.dumps(record, default=str))
+        try:
+            for name, path in files.items():
+                shutil.copy2(path, staged / name)
+                record["files"][name] = sha256_file(staged / name)
+            (staged / "entry.json").write_text(json.dumps(record, default=str))
+        except OSError as err:  # a full or read-only disk: no half-written entry, and the message names the cache
+            shutil.rmtree(staged, ignore_errors=True)
+            raise OSError(err.errno, err.strerror, str(err.filename2 or err.filename or self.root)) from None
         entry = self.root / f"{stage}-{key}"
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
-from pipeline.config import TARGETS, load_config
+from pathlib import Path
+
+from pipeline import console as console_module
+from pipeline.config import TARGETS, check_fields, load_config
 from pipeline.errors import DriftError, PipelineError
 
 RUNTIMES = ("executorch", "litert")
@@ -21,7 +26,20 @@ def one_line(err: BaseException) -> str:
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    console_module.say(message)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line too (argparse prints the usage block first): `error: <problem>`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show third-party warnings and native log lines (by default they go to the log file only)")
+    return p
 
 
 def _add_build(sub) -> None:
@@ -108,13 +126,42 @@ def _add_bench(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    p = OneLineParser(prog="python -m pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_validate(sub)
     _add_compress(sub)
     _add_bench(sub)
+    for command in sub.choices.values():
+        _common(command)
     return p
+
+
+def log_path_for(args: argparse.Namespace) -> Path | None:
+    """Where the command's log file goes (beside its outputs; never inside a folder that ships)."""
+    if args.command == "build":
+        return Path(args.out_dir or _configured_out(args) or "artifacts") / "build.log"
+    if args.command == "validate":
+        if args.report_dir:
+            return Path(args.report_dir) / "validate.log"
+        folder = Path(args.artifacts)
+        return folder.parent / f"{folder.name}.validate.log"
+    if args.command == "bench":
+        if args.out:
+            return Path(args.out) / "bench.log"
+        folder = Path(args.artifacts)
+        return folder.parent / f"{folder.name}.bench.log"
+    if args.command == "compress" and args.out_dir:
+        folder = Path(args.out_dir)
+        return folder.parent / f"{folder.name}.compress.log"
+    return None
+
+
+def _configured_out(args: argparse.Namespace) -> str | None:
+    try:
+        return load_config(args.config).build.out_dir
+    except (PipelineError, OSError):
+        return None
 
 
 def _override(target: object, args: argparse.Namespace, names: list[str]) -> None:
@@ -140,6 +187,8 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.resume:
         config.resume = True
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"
+    check_fields(config, "compress")
+    WRITES[:] = [Path(config.out_dir), Path(config.cache_dir), Path(tempfile.gettempdir())]
     compress(config, log, command=command, store_dtype=torch.float32 if args.fp32 else torch.float16)
     return 0
 
@@ -155,6 +204,8 @@ def run_build(args: argparse.Namespace) -> int:
         config.build.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     if args.no_copy_to_apps:
         config.build.copy_to_apps = False
+    check_fields(config.build, "build")  # options and config alike: types and ranges from config.py's fields
+    WRITES[:] = [Path(config.build.out_dir), Path(config.build.cache_dir), Path(tempfile.gettempdir())]
     unknown = [r for r in config.build.runtimes if r not in RUNTIMES]
     if unknown or not config.build.runtimes:
         raise PipelineError(f"unknown runtime(s) {unknown or config.build.runtimes}; choose from {', '.join(RUNTIMES)}")
@@ -176,12 +227,14 @@ def run_build(args: argparse.Namespace) -> int:
 def run_validate(args: argparse.Namespace) -> int:
     from pipeline.gate import validate_folder
 
+    WRITES[:] = [Path(args.report_dir or args.artifacts), Path(tempfile.gettempdir())]
     return validate_folder(args, log)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import bench
 
+    WRITES[:] = [Path(args.out or args.artifacts), Path(tempfile.gettempdir())]
     return bench(args, log)
 
 
@@ -196,27 +249,106 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+# Folders the running command writes to: an OSError that names no file (a failed write() on a full disk) is
+# blamed on the one whose file system is full or read-only.
+WRITES: list[Path] = []
+
+
+def _blame(err: OSError) -> str | None:
+    for folder in WRITES:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            stat = os.statvfs(probe)
+        except OSError:
+            continue
+        if err.errno == errno.ENOSPC and (stat.f_bavail == 0 or stat.f_favail == 0):
+            return str(folder)
+        if err.errno == errno.EROFS and stat.f_flag & os.ST_RDONLY:
+            return str(folder)
+        if err.errno in (errno.EACCES, errno.EPERM) and not os.access(probe, os.W_OK):
+            return str(folder)
+    return None
+
+
+def os_error_line(err: OSError) -> str:
+    """`error: <path>: <strerror>` for out-of-space, permission, read-only file system and the like."""
+    reason = err.strerror or errno.errorcode.get(err.errno or 0, "") or str(err)
+    if err.filename2 is not None and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        paths = [str(err.filename2)]  # shutil's copy names source and destination: the destination is full
+    else:
+        paths = [str(p) for p in (err.filename, err.filename2) if p is not None] or [p for p in [_blame(err)] if p]
+    return one_line(f"error: {' -> '.join(paths)}: {reason}" if paths else f"error: {reason}")
+
+
+HASH_SEED = "0"
+
+
+def _reexec_with_fixed_hash_seed() -> None:
+    """Python randomizes str hashes per process, and the order in which ExecuTorch serializes an int8 program's
+    quantization scales follows set iteration: two cold builds wrote int8 .pte files that differed in a few
+    hundred bytes (same metrics). With a fixed PYTHONHASHSEED they are byte-identical (tests/test_reproducible.py).
+    The seed must be set before the interpreter starts, so the CLI re-executes itself once (same pid)."""
+    if os.environ.get("PYTHONHASHSEED") is not None or not getattr(sys, "orig_argv", None):
+        return
+    os.environ["PYTHONHASHSEED"] = HASH_SEED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None:  # the command line itself (not a test calling main): reproducible artifacts
+        _reexec_with_fixed_hash_seed()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
+    console = console_module.Console(verbose=args.verbose, command=args.command).start()
     previous_term = _terminate_as_interrupt()
+    code, message, traceback_logged = 2, None, False
     try:
         handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench}[args.command]
         code = handler(args)
     except PipelineError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        return err.exit_code
+        code, message = err.exit_code, f"error: {one_line(err)}"
     except DriftError as err:
-        print(f"drift: {one_line(err)}", file=sys.stderr, flush=True)
-        return err.exit_code
+        code, message = err.exit_code, f"drift: {one_line(err)}"
     except KeyboardInterrupt:
-        print("interrupted; the previous artifacts were left as they were", file=sys.stderr, flush=True)
-        return 130
+        code, message = 130, "interrupted; the previous artifacts were left as they were"
+    except OSError as err:  # the last resort: a full disk, a read-only folder, a permission, wherever it happened
+        _traceback_to_log()
+        code, message = 2, os_error_line(err)
+    except Exception as err:  # a bug: still one line; the traceback is in the log (and on screen with --verbose)
+        _traceback_to_log()
+        code, message, traceback_logged = 2, f"error: unexpected {type(err).__name__}: {one_line(err)}", True
+    else:
+        log(f"[{args.command}] done in {time.perf_counter() - started:.1f} s")
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
-    log(f"[{args.command}] done in {time.perf_counter() - started:.1f} s")
+    if message is not None:
+        console.to_log(message)
+    where = console.stop(_final_log(args))
+    if message is not None:
+        if traceback_logged and where is not None:
+            message += f" (traceback in {where})"
+        print(message, file=sys.stderr, flush=True)
+    elif where is not None:
+        log(f"log: {where}")
     return code
+
+
+def _final_log(args: argparse.Namespace) -> Path | None:
+    try:
+        return log_path_for(args)
+    except Exception:  # noqa: BLE001 - the log's place must never turn one error into two
+        return None
+
+
+def _traceback_to_log() -> None:
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)  # the log file (or the terminal with --verbose)

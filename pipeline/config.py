@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ class QuantizeConfig:
     # "static": int8 activations calibrated on real text. On the default model static int8 failed the gate
     # (cosine 0.9145, top-1 agreement 0.912 on the 1000 test reviews); dynamic passes. See README.
     activations: str = "dynamic"
-    calibration_samples: int = 64
+    calibration_samples: int = field(default=64, metadata={"min": 1})
     quantize_embedding: bool = True
     # Module types kept in float inside the int8 model (LayerNorm internals triple the error when quantized).
     keep_float: list[str] = field(default_factory=lambda: ["layernorm"])
@@ -81,16 +83,16 @@ class BuildConfig:
     target: str = "android"
     model_dir: str | None = None  # None: the embedded default (pipeline/assets/default_model)
     out_dir: str = "artifacts"
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2})  # upper bound: the model's position table
     name: str = "albert"
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"])
     calibration_data: str | None = None  # None with the default model: small_fine_foods train split
     eval_data: str | None = None  # None with the default model: small_fine_foods test split (1000 reviews)
-    eval_limit: int | None = None  # validate on the first N eval texts only (None: all)
+    eval_limit: int | None = field(default=None, metadata={"min": 0})  # validate on the first N eval texts only (None: all)
     text_column: str = "text"
     label_column: str = "label"
-    golden_texts: int = 4
+    golden_texts: int = field(default=4, metadata={"min": 0})
     cache_dir: str = ".pipeline_cache"
     copy_to_apps: bool = True
 
@@ -145,17 +147,71 @@ class PipelineConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
 
 
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a field's annotation (int, float, str, bool, X | None, list[X], dict[str, X])."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
+    if hint is float:  # TOML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """One check for every dataclass field, from its annotation (type) and its metadata ("min", "max")."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{where}.{f.name}")
+            continue
+        if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for key, item in value.items():
+                check_fields(item, f"{where}.{key}")
+            continue
+        if not _matches(value, hint):
+            raise PipelineError(f"[{where}] {f.name} = {value!r}: expected {_type_name(hint)}, "
+                                f"got {type(value).__name__}")
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if value is not None and low is not None and value < low:
+            raise PipelineError(f"[{where}] {f.name} = {value!r}: must be {low} or more")
+        if value is not None and high is not None and value > high:
+            raise PipelineError(f"[{where}] {f.name} = {value!r}: must be {high} or less")
+
+
 def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise PipelineError(f"[{where}] must be a table of settings, not {type(values).__name__} {values!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise PipelineError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(names)}")
-    return cls(**values)
+    obj = cls(**values)
+    check_fields(obj, where)
+    return obj
 
 
 def _thresholds(values: dict[str, Any], where: str) -> ThresholdConfig:
     result = ThresholdConfig()
     for key, section in values.items():
+        if not isinstance(section, dict):
+            raise PipelineError(f"[{where}.{key}] must be a table of settings, not {type(section).__name__} {section!r}")
         if key == "artifacts":
             for artifact, limits in section.items():
                 result.per_artifact[artifact] = _fill(Thresholds, limits, f"{where}.artifacts.{artifact}")

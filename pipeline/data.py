@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.provenance import portable_name, remember
 
 DEFAULT_DATASET = "small_fine_foods"
 DEFAULT_LABELS = ["great", "other"]
@@ -79,29 +80,55 @@ def load_small_fine_foods(split: str) -> LabeledTexts:
     return LabeledTexts(texts, labels, list(DEFAULT_LABELS), f"{DEFAULT_DATASET}:{split}")
 
 
-def _read_rows(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
+def _decode(path: Path) -> str:
+    """The file's text: UTF-8 with or without a byte-order mark; anything else is a one-line error."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PipelineError("the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8", path)
     try:
-        if suffix in (".jsonl", ".json"):
-            rows = []
-            with open(path, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            row = json.loads(line)
-                        except json.JSONDecodeError as err:
-                            raise PipelineError(f"line {number} is not JSON ({err.msg})", path) from None
-                        if not isinstance(row, dict):
-                            raise PipelineError(f"line {number} is a JSON {type(row).__name__}, not an object "
-                                                "with named fields", path)
-                        rows.append(row)
-            return rows
-        if suffix in (".csv", ".tsv"):
-            with open(path, encoding="utf-8", newline="") as handle:
-                return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
-    except UnicodeDecodeError:
-        raise PipelineError("not UTF-8 text", path) from None
-    raise PipelineError("unsupported data file type; use .csv, .tsv or .jsonl", path)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PipelineError(f"not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} cannot be decoded (a Latin-1 "
+                            "or Windows-1252 file?); save it as UTF-8", path) from None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows as dicts. CSV/TSV: the csv module's dialect (CRLF or LF, quoted cells may span lines)."""
+    import io
+
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise PipelineError("unsupported data file type; use .csv, .tsv or .jsonl", path)
+    text = _decode(path)
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise PipelineError(f"line {number} is not JSON ({err.msg})", path) from None
+                if not isinstance(row, dict):
+                    raise PipelineError(f"line {number} is a JSON {type(row).__name__}, not an object "
+                                        "with named fields", path)
+                rows.append(row)
+        return rows
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        return list(reader)
+    except csv.Error as err:
+        raise PipelineError(f"line {reader.line_num} is not valid CSV ({err})", path) from None
+
+
+def _column(rows: list[dict], wanted: str, path: Path) -> str | None:
+    """The header naming `wanted`: exactly, else ignoring case and surrounding spaces (`Text`, ` LABEL `)."""
+    if wanted in rows[0]:
+        return wanted
+    matches = [k for k in rows[0] if isinstance(k, str) and k.strip().casefold() == wanted.strip().casefold()]
+    if len(matches) > 1:
+        raise PipelineError(f"columns {matches} all match {wanted!r} ignoring case; rename all but one", path)
+    return matches[0] if matches else None
 
 
 def load_labeled_file(
@@ -117,13 +144,17 @@ def load_labeled_file(
     if not path.is_file():
         raise PipelineError("data file not found", path)
     rows = _read_rows(path)
+    wanted_text = text_column
     if not rows:
         raise PipelineError("data file has no rows", path)
-    if text_column not in rows[0]:
-        raise PipelineError(f"no text column {text_column!r} (columns: {sorted(rows[0])})", path)
-    has_labels = with_labels and label_column in rows[0]
+    columns = sorted(str(k) for k in rows[0])
+    text_column, wanted_label = _column(rows, text_column, path), label_column
+    if text_column is None:
+        raise PipelineError(f"no text column {wanted_text!r} (columns: {columns})", path)
+    label_column = _column(rows, label_column, path)
+    has_labels = with_labels and label_column is not None
     if require_labels and not has_labels:
-        raise PipelineError(f"no label column {label_column!r} (columns: {sorted(rows[0])})", path)
+        raise PipelineError(f"no label column {wanted_label!r} (columns: {columns})", path)
     texts, labels = [], []
     for number, row in enumerate(rows, 1):
         text = row.get(text_column)
@@ -132,7 +163,9 @@ def load_labeled_file(
         texts.append(str(text))
         if has_labels:
             labels.append(_label_id(row.get(label_column), label_names, path, number))
-    return LabeledTexts(texts, labels if has_labels else None, list(label_names), str(path))
+    digest = sha256_file(path)
+    remember(digest, path)  # what ships names the file by name and hash; validate finds it here by its hash
+    return LabeledTexts(texts, labels if has_labels else None, list(label_names), portable_name(path, digest))
 
 
 def _label_id(value: object, label_names: list[str], path: Path, row: int) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.artifact import Artifact
 from pipeline.config import Thresholds
+from pipeline.console import progress
 from pipeline.errors import PipelineError
 
 
@@ -110,14 +111,14 @@ def check_thresholds(name: str, metrics: Metrics, limits: Thresholds) -> list[st
     return failures
 
 
-def run_rows(runner, rows) -> tuple[np.ndarray, list[float]]:
+def run_rows(runner, rows, desc: str = "run") -> tuple[np.ndarray, list[float]]:
     """Every row of `rows` (an `Encoded`, or a list of input dicts) through `runner`: stacked outputs, seconds each."""
     items = [rows.row(i) for i in range(len(rows))] if hasattr(rows, "row") else list(rows)
     if not items:
         raise PipelineError("no rows to run")
     outputs, latencies = [], []
     runner.run(items[0])  # warm-up
-    for item in items:
+    for item in progress(items, desc=f"  {desc}", unit="row"):
         started = time.perf_counter()
         outputs.append(np.asarray(runner.run(item), dtype=np.float32).reshape(1, -1))
         latencies.append(time.perf_counter() - started)
@@ -130,7 +131,7 @@ def run_artifact(artifact: Artifact, rows, num_threads: int = 2) -> tuple[np.nda
 
     runner = open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs], num_threads)
     try:
-        return run_rows(runner, rows)
+        return run_rows(runner, rows, desc=artifact.file_name)
     except PipelineError:
         raise
     except Exception as err:

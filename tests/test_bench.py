@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from pipeline.bench import check_targets, parse_int_list, render_markdown
 from pipeline.errors import PipelineError
+from pipeline.provenance import find_model_dir
 
 MAX_LENGTH = 32  # the shared tiny build's static length
 
@@ -151,10 +153,17 @@ def test_op_profiles_say_where_each_runtime_spends_its_time(bench_run, result):
     for name, p in profile["candidates"].items():
         assert p["run_ms"] > 0 and p["top_ops"], name
         assert p["groups_ms"].get("matrix multiply", 0) > 0, (name, p["groups_ms"])
-        # per-op times are parts of the run: together not (much) more than the profiled run time
-        assert 0 < p["ops_ms"] <= p["run_ms"] * 1.2 + 0.05, (name, p["ops_ms"], p["run_ms"])
+        # per-op times add up to the groups (the op times and the run time come from different passes, and their
+        # ratio depends on the CPU and its load: measured 1.66 vs 0.94 ms for ORT fp32 on a loaded AVX-512 EPYC)
+        assert p["ops_ms"] > 0 and sum(p["groups_ms"].values()) == pytest.approx(p["ops_ms"], abs=0.01), (name, p)
     int8_pte = next(p for n, p in profile["candidates"].items() if n.endswith(".int8.pte"))
-    assert any("QD8" in o["op"] or "QS8" in o["op"] for o in int8_pte["top_ops"]), int8_pte["top_ops"]
+    # The property, not a kernel family: XNNPACK picks QD8 on AVX2, QDU8 on VNNI, QP8 elsewhere; on every CPU an
+    # int8 .pte's matrix multiplies run with int8 (QC8W, or QC4W) weights and take time.
+    int8_gemms = [o for o in int8_pte["top_ops"] if re.search(r"fully connected|gemm|matmul", o["op"], re.I)
+                  and re.search(r"\bQC[48]W\b", o["op"]) and o["ms"] > 0]
+    assert int8_gemms, int8_pte["top_ops"]
+    fp32_pte = next(p for n, p in profile["candidates"].items() if n.endswith(".fp32.pte"))
+    assert not any(re.search(r"\bQC[48]W\b", o["op"]) for o in fp32_pte["top_ops"]), fp32_pte["top_ops"]
     assert "## Where the time goes (op-level profiles" in (out / "bench.md").read_text()
 
 
@@ -166,7 +175,7 @@ def test_ort_int8_baseline_quantizes_every_linear_layer(tiny_builds, tmp_path):
     from pipeline.model.checkpoint import load_checkpoint
 
     manifest = json.loads((tiny_builds["android"] / "manifest.json").read_text())
-    model = load_checkpoint(Path(manifest["model"]["source"]))
+    model = load_checkpoint(find_model_dir(manifest["model"]))  # the manifest names it by hash, not path
     made = {c["precision"]: c for c in ort_candidates(model, MAX_LENGTH, list(INPUT_NAMES), tmp_path, model.num_parameters)}
     graph = onnx.load(made["int8-dynamic"]["path"]).graph
     constants = {i.name for i in graph.initializer}

@@ -41,6 +41,7 @@ from pipeline.bench.render import machine_info, plot, render_markdown, summary_l
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
 from pipeline.errors import PipelineError
+from pipeline.provenance import find_model_dir
 
 Log = Callable[[str], None]
 
@@ -95,7 +96,7 @@ def bench(args, log: Log = print) -> int:
     # read before anything runs: a bad folder is a clear error, not a failure halfway through
     compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
     own_length = static_length(manifest)
-    source = Path(manifest["model"]["source"])
+    source = find_model_dir(manifest["model"])
     started = time.perf_counter()
     log(f"bench: {folder} ({own_length} tokens, static), lengths {lengths}, threads {threads}, {runs} runs")
     model = load_checkpoint(source)
@@ -189,7 +190,7 @@ def bench(args, log: Log = print) -> int:
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "seconds": round(time.perf_counter() - started, 1),
         "artifacts": str(folder),
-        "model": {k: manifest["model"].get(k) for k in ("name", "params", "source", "max_length")},
+        "model": {k: manifest["model"].get(k) for k in ("name", "params", "source_sha256", "max_length")},
         "machine": machine_info(),
         "settings": {"threads": threads, "max_lengths": lengths, "runs": runs, "warmup_runs": warmup,
                      "idle_gap_ms": IDLE_GAP_S * 1000, "inputs": f"{BENCH_TEXTS} small_fine_foods test reviews, cycled",

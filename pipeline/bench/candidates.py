@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.provenance import find_model_dir
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 BENCH_TEXTS = 16  # real reviews cycled through as inputs
@@ -146,7 +147,7 @@ def rebuild_for_length(manifest: dict, length: int, out_root: Path, cache_dir: s
 
     config = PipelineConfig()
     b = config.build
-    b.model_dir = manifest["model"]["source"]
+    b.model_dir = str(find_model_dir(manifest["model"]))
     b.out_dir = str(out_root)
     b.max_length = length
     b.target = manifest.get("target", "android")

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.bench.candidates import INPUT_NAMES
+from pipeline.console import attach_from_env, child_progress, progress
 from pipeline.errors import PipelineError
 
 Log = Callable[[str], None]
@@ -43,9 +44,11 @@ def run_worker(job: dict, scratch: Path, log: Log) -> dict:
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     threads = str(job["threads"])
     env["OMP_NUM_THREADS"] = threads  # torch's OpenMP pool; torch.set_num_threads is called as well
+    progress_env, progress_fds = child_progress()  # the worker's rounds show progress on this console
+    env.update(progress_env)
     began = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench.worker", str(job_path)], env=env, capture_output=True,
-                          text=True, timeout=WORKER_TIMEOUT_S)
+                          text=True, timeout=WORKER_TIMEOUT_S, pass_fds=progress_fds)
     if proc.returncode != 0 or not result_path.is_file():
         tail = " | ".join(line for line in (proc.stderr or "").strip().splitlines()[-3:])
         raise PipelineError(f"bench worker ({job['mode']}) failed with exit code {proc.returncode}: {tail[-600:]}")
@@ -179,7 +182,7 @@ def worker(job: dict) -> dict:
         for name in names:
             runners[name].run(rows[i % len(rows)])
     latencies: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(int(job["runs"])):
+    for r in progress(range(int(job["runs"])), desc=f"bench rounds, {threads} thread(s)", unit="round"):
         row = rows[r % len(rows)]
         shift = r % len(names)  # rotate who goes first: no candidate always follows the same neighbour
         for name in names[shift:] + names[:shift]:
@@ -193,6 +196,7 @@ def worker(job: dict) -> dict:
 
 
 def _worker_main(job_path: str) -> None:
+    attach_from_env()
     job = json.loads(Path(job_path).read_text())
     result = worker(job)
     Path(job["result_path"]).write_text(json.dumps(result))

@@ -31,6 +31,7 @@ from pipeline.config import ThresholdConfig, load_thresholds
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.errors import DriftError, PipelineError
 from pipeline.numerics import ArtifactResult, evaluate
+from pipeline.provenance import find_data_file, find_model_dir
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
@@ -72,17 +73,14 @@ def model_entries(manifest: dict) -> list[dict]:
 def load_reference(manifest: dict, model_dir: str | None):
     """The float reference the artifacts were built from, proven by its hash."""
     from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.model.default import DEFAULT_MODEL_DIR
 
     recorded = manifest["model"]
-    candidates = [Path(model_dir)] if model_dir else [Path(recorded.get("source", ""))]
-    if not model_dir and recorded.get("name") == DEFAULT_MODEL_DIR.name and not candidates[0].is_dir():
-        candidates.append(DEFAULT_MODEL_DIR)  # the embedded default, built on another machine
-    path = next((c for c in candidates if c.is_dir()), candidates[0])
+    path = find_model_dir(recorded, model_dir)  # --model, this machine's copy by hash, or the default by name
     model = load_checkpoint(path, recorded.get("max_length"))
     if model.source_sha256 != recorded.get("source_sha256"):
         raise PipelineError(f"checkpoint hash {model.source_sha256[:16]}... is not the manifest's "
-                            f"{str(recorded.get('source_sha256'))[:16]}...: not the model these artifacts were built from",
+                            f"{str(recorded.get('source_sha256'))[:16]}...: not the model these artifacts were built from "
+                            "(pass --model DIR with that checkpoint)",
                             path)
     return model
 
@@ -101,7 +99,7 @@ def load_eval(source: str | None, eval_data: str | None, label_names: list[str])
         if label_names != texts.label_names or source.endswith("(texts only)"):
             texts = LabeledTexts(texts.texts, None, label_names, texts.source + " (texts only)")
         return texts
-    return load_labeled_file(source, label_names)
+    return load_labeled_file(find_data_file(source, "eval data", "--eval-data"), label_names)
 
 
 def load_calibration(manifest: dict, calibration_data: str | None, label_names: list[str]) -> LabeledTexts:
@@ -110,7 +108,8 @@ def load_calibration(manifest: dict, calibration_data: str | None, label_names: 
     if source.startswith("small_fine_foods:"):
         texts = load_small_fine_foods(source.split(":", 1)[1].split(" ", 1)[0])
     else:
-        texts = load_labeled_file(source, label_names, with_labels=False)
+        path = source if calibration_data else find_data_file(source, "calibration data", "--calibration-data")
+        texts = load_labeled_file(path, label_names, with_labels=False)
     return LabeledTexts(texts.texts, None, label_names, texts.source)
 
 
@@ -184,9 +183,9 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
         log(f"  {result.artifact.file_name}: error starts at {found.start['label']} ({found.start['module']}, "
             f"local error {found.start['local_error']:.1%})")
 
-    context = {"artifacts": str(folder), "target": manifest.get("target"), "eval data": texts.source,
-               "rows": len(encoded), "thresholds": thresholds_source,
-               "reference": f"{model.model_dir} (sha256 {model.source_sha256[:16]}..., verified)",
+    context = {"artifacts": folder.name, "target": manifest.get("target"), "eval data": texts.source,
+               "rows": len(encoded), "thresholds": thresholds_source,  # no absolute path: reports ship with the folder
+               "reference": f"{model.model_dir.name} (sha256 {model.source_sha256[:16]}..., verified)",
                "files verified": count}
     if getattr(args, "auto_fallback", False) and any(not r.passed for r in results):
         from pipeline.gate.fallback import fallback_folder
@@ -199,7 +198,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
                                              for r in results if "fallback" in r.artifact.details) or "nothing to fix"
 
     try:
-        write_reports(report_dir, results, reference, f"Drift gate: {folder}", context)
+        write_reports(report_dir, results, reference, f"Drift gate: {folder.name}", context)
         data = json.loads((report_dir / "report.json").read_text())
         data["thresholds_used"] = {"source": thresholds_source,
                                    "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}}

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.provenance import remember
 from pipeline.model.albert import AlbertSpec, ExportAlbert, check_spec, export_model_from_state
 from pipeline.tokenization import load_tokenizer
 
@@ -125,6 +126,8 @@ def load_checkpoint(model_dir: str | Path, max_length: int | None = None) -> Loa
         raise PipelineError(
             f"tokenizer ids go up to {largest_id} but the model's vocab_size is {spec.vocab_size}", model_dir
         )
+    source_sha256 = hash_files([model_dir / "config.json", weights_path])
+    remember(source_sha256, model_dir)  # validate/bench find it again here; the manifest names it by hash only
     return LoadedModel(
         model_dir=model_dir,
         spec=spec,
@@ -132,6 +135,6 @@ def load_checkpoint(model_dir: str | Path, max_length: int | None = None) -> Loa
         export_model=export_model,
         tokenizer=tokenizer,
         label_names=label_names,
-        source_sha256=hash_files([model_dir / "config.json", weights_path]),
+        source_sha256=source_sha256,
         num_parameters=export_model.num_parameters(),
     )

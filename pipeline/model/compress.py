@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import CompressConfig
+from pipeline.console import Progress
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertSpec, ExportAlbert
-from pipeline.model.distill import (Augmenter, Progress, Runtime, attention_log_probs, attention_loss_rows, hardware,
+from pipeline.model.distill import (Augmenter, Runtime, attention_log_probs, attention_loss_rows, hardware,
                                     hidden_loss_rows, layer_map, load_checkpoint, make_runtime, save_atomic,
                                     wrap_parallel)
 

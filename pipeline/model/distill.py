@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -115,44 +113,6 @@ def hardware() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- progress
-class Progress:
-    """tqdm bar on a terminal; otherwise one log line (with rate and ETA) every `interval` seconds."""
-
-    def __init__(self, total: int, desc: str, log: Log, enabled: bool = True, interval: float = 30.0,
-                 unit: str = "batch"):
-        from tqdm import tqdm
-
-        self.total, self.desc, self.log, self.unit, self.interval = total, desc, log, unit, interval
-        self.enabled, self.n, self.started, self.last = enabled, 0, time.perf_counter(), time.perf_counter()
-        self.postfix = ""
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, leave=False,
-                            dynamic_ncols=True)
-        self._format = tqdm.format_meter
-
-    def update(self, n: int = 1, postfix: str = "") -> None:
-        self.n += n
-        self.postfix = postfix
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix_str(postfix, refresh=False)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.interval and self.n < self.total:
-            self.last = now
-            self.log("    " + self._format(self.n, self.total, now - self.started, prefix=self.desc, unit=self.unit,
-                                           postfix=postfix or None, ncols=0))
-
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.close()
-        return time.perf_counter() - self.started
-
-
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_atomic(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,6 @@ def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, res
             "name": model.model_dir.name,
             "params": int(model.num_parameters),
             "source_sha256": model.source_sha256,
-            "source": str(model.model_dir),
             "max_length": max_length,
             "num_labels": len(model.label_names),
             "architecture": model.spec.to_dict(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.console import progress
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.stage import ARRAY, Stage
 from pipeline.tokenization import Encoded
@@ -26,7 +27,7 @@ def reference_logits(model: LoadedModel, encoded: Encoded, batch_size: int = 32)
     order = np.argsort(lengths, kind="stable")
     logits = None
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        for start in progress(range(0, len(order), batch_size), desc="  float reference", unit="batch"):
             rows = order[start : start + batch_size]
             width = max(int(lengths[rows].max()), 1)
             ids, mask, types = (torch.from_numpy(np.ascontiguousarray(a[rows, :width]))
