@@ -94,6 +94,12 @@ def _add_bench(sub) -> None:
                    help="rebuild the artifacts at each --max-length other than the folder's own (stage cache on)")
 
 
+def _add_arm64_setup(sub) -> None:
+    sub.add_parser("arm64-setup", help="provision the ARM64 emulation environment (QEMU, arm64 sysroot, aarch64 wheels)",
+                   description="Idempotent; cached in $PIPELINE_ARM64_HOME or ~/.cache/pipeline/arm64. "
+                               "Needed by validate --arm64 and build --arm64.")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_compress(sub)
     _add_bench(sub)
+    _add_arm64_setup(sub)
     return p
 
 
@@ -166,6 +173,13 @@ def run_bench(args: argparse.Namespace) -> int:
     return bench(args, log)
 
 
+def run_arm64_setup(args: argparse.Namespace) -> int:
+    from pipeline.arm64_env import provision
+
+    provision(log)
+    return 0
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -185,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     previous_term = _terminate_as_interrupt()
     try:
-        handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench}[args.command]
+        handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench,
+                   "arm64-setup": run_arm64_setup}[args.command]
         code = handler(args)
     except PipelineError as err:
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
