@@ -41,6 +41,16 @@ def _add_build(sub) -> None:
     p.add_argument("--runtimes", help="comma list of executorch,litert (default: both)")
     p.add_argument("--no-copy-to-apps", action="store_true", help="do not copy artifacts into the demo apps")
     p.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
+    _add_arm64_options(p)
+
+
+def _add_arm64_options(p) -> None:
+    p.add_argument("--arm64", action="store_true",
+                   help="also run every artifact in the aarch64 ExecuTorch and LiteRT runtimes under QEMU user-mode "
+                        "(needs `python -m pipeline arm64-setup` once)")
+    p.add_argument("--arm-cpu", help="emulated CPU profile: i8mm (default), cortex-a76 (dot-product only), "
+                                     "max-sme (QEMU max, with SME)")
+    p.add_argument("--arm-rows", type=int, help="eval rows for the emulated run (default 48; emulation is slow)")
 
 
 def _add_validate(sub) -> None:
@@ -54,6 +64,7 @@ def _add_validate(sub) -> None:
     p.add_argument("--calibration-data", help="CSV/JSONL calibration texts of the build, for localization and "
                    "--auto-fallback (default: as recorded in the manifest)")
     p.add_argument("--report-dir", help="where report.* and PNGs go (default: the artifact folder)")
+    _add_arm64_options(p)
 
 
 def _add_compress(sub) -> None:
@@ -153,11 +164,22 @@ def run_build(args: argparse.Namespace) -> int:
     for target in targets:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
+    if args.arm64:  # fail before hours of building, not after
+        from pipeline.gate_arm64 import require_env, resolve_profile
+
+        require_env()
+        resolve_profile(args.arm_cpu)
     from pipeline.build import build  # after the cheap checks: importing torch takes seconds
 
     for target in targets:
         config.build.target = target
-        build(config, log, use_cache=not args.no_cache)
+        final = build(config, log, use_cache=not args.no_cache)
+        if args.arm64:  # the bundled folder, through the same gate as `validate --arm64`
+            from pipeline.gate import validate_folder
+
+            validate_folder(argparse.Namespace(artifacts=str(final), arm64=True, arm_cpu=args.arm_cpu,
+                                               arm_rows=args.arm_rows, model_dir=config.build.model_dir,
+                                               eval_data=config.build.eval_data, eval_limit=config.build.eval_limit), log)
     return 0
 
 
