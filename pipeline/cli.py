@@ -167,8 +167,8 @@ def run_build(args: argparse.Namespace) -> int:
     if args.arm64:  # fail before hours of building, not after
         from pipeline.gate_arm64 import require_env, resolve_profile
 
-        require_env()
         resolve_profile(args.arm_cpu)
+        require_env()
     from pipeline.build import build  # after the cheap checks: importing torch takes seconds
 
     for target in targets:

@@ -165,7 +165,8 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     if getattr(args, "arm64", False):
         from pipeline import gate_arm64
 
-        arm = (gate_arm64.require_env(), gate_arm64.resolve_profile(getattr(args, "arm_cpu", None))[0])
+        profile = gate_arm64.resolve_profile(getattr(args, "arm_cpu", None))[0]
+        arm = (gate_arm64.require_env(), profile)
     count = verify_files(folder, manifest)
     log(f"  {count} files: sizes and sha256 match manifest.json")
     entries = model_entries(manifest)
