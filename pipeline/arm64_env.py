@@ -343,8 +343,11 @@ def provision(log=print) -> Arm64Env:
     env = Arm64Env(root, shutil.which(QEMU), {})
     log("  smoke test under emulation (import torch, executorch.runtime, ai_edge_litert)")
     smoke_started = time.perf_counter()
-    result = subprocess.run(env.command("max,sme=off", ["-c", SMOKE]), capture_output=True, text=True,
-                            env=env.environ(), timeout=900)
+    try:
+        result = subprocess.run(env.command("max,sme=off", ["-c", SMOKE]), capture_output=True, text=True,
+                                env=env.environ(), timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise PipelineError("the emulated smoke test (import torch, executorch, ai_edge_litert) took over 30 min", root) from None
     if result.returncode != 0:
         lines = [l for l in (result.stderr or result.stdout).strip().splitlines() if l.strip()]
         raise PipelineError(f"the emulated runtimes do not import (exit {result.returncode}): "

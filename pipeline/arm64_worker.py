@@ -33,6 +33,14 @@ def hwcaps() -> list[str]:
     return [n for n, bit in HWCAP.items() if hw & bit] + [n for n, bit in HWCAP2.items() if hw2 & bit]
 
 
+def without_xnnpack(runner, path: Path, num_threads: int) -> None:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner._interpreter, runner._runner = interpreter, interpreter.get_signature_runner()
+
+
 def say(message: str) -> None:
     print(message, flush=True)
 
@@ -66,6 +74,12 @@ def main(job_path: str) -> int:
                     say(f"worker: {spec['name']}: {i + 1}/{rows} rows, {np.median(latencies):.2f} s/row")
             arrays[f"logits_{index}"] = np.concatenate(outputs).reshape(rows, -1).astype(np.float32)
             arrays[f"latency_{index}"] = np.asarray(latencies)
+            if job.get("litert_without_xnnpack") and spec["runtime"] == "litert":
+                # the same file with LiteRT's builtin kernels only (no XNNPACK delegate): separates XNNPACK's
+                # ISA-specific kernels (e.g. SME) from the rest of the runtime
+                without_xnnpack(runner, Path(spec["path"]), job.get("num_threads", 2))
+                arrays[f"builtin_{index}"] = np.concatenate([runner.run(row(i)) for i in range(rows)]).reshape(rows, -1)
+                say(f"worker: {spec['name']}: {rows} rows again without the XNNPACK delegate")
         except PipelineError as err:
             entry["error"] = str(err)
         except Exception as err:  # a runtime that loads but cannot run the file: reported, never skipped

@@ -56,6 +56,7 @@ class Arm64Result:
     thresholds: Thresholds
     x86_max_abs_diff: float | None = None
     x86_top1_agreement: float | None = None
+    no_xnnpack: dict | None = None  # LiteRT files on SME profiles: the same rows with builtin kernels only (evidence)
     failures: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float | None = None
@@ -74,7 +75,8 @@ class Arm64Result:
                 "profile": self.profile, "qemu_cpu": self.qemu_cpu, "passed": self.passed, "failures": self.failures,
                 "error": self.error, "metrics": self.metrics.to_dict() if self.metrics else None,
                 "thresholds": asdict(self.thresholds), "x86_max_abs_diff": self.x86_max_abs_diff,
-                "x86_top1_agreement": self.x86_top1_agreement, "emulated_seconds": self.seconds}
+                "x86_top1_agreement": self.x86_top1_agreement, "no_xnnpack": self.no_xnnpack,
+                "emulated_seconds": self.seconds}
 
 
 @dataclass
@@ -115,12 +117,13 @@ def require_env() -> Arm64Env:
 
 
 def run_emulated(env: Arm64Env, qemu_cpu: str, artifacts: list[Artifact], encoded: Encoded, rows: int, log: Log,
-                 num_threads: int = 2) -> tuple[dict[str, np.ndarray], dict[str, dict], dict]:
+                 num_threads: int = 2, litert_without_xnnpack: bool = False) -> tuple[dict[str, np.ndarray], dict[str, dict], dict]:
     """Logits of every artifact from the aarch64 runtimes on the first `rows` rows: ({name: logits}, {name: status}, job status)."""
     with tempfile.TemporaryDirectory(prefix="pipeline-arm64-") as work:
         work = Path(work)
         np.savez(work / "in.npz", **{n: getattr(encoded, n)[:rows] for n in ("input_ids", "attention_mask", "token_type_ids")})
         job = {"inputs": str(work / "in.npz"), "output": str(work / "out.npz"), "num_threads": num_threads,
+               "litert_without_xnnpack": litert_without_xnnpack,
                "artifacts": [{"name": a.file_name, "path": str(a.path.resolve()), "runtime": a.runtime,
                               "input_names": [t.name for t in a.inputs]} for a in artifacts]}
         (work / "job.json").write_text(json.dumps(job))
@@ -154,6 +157,8 @@ def run_emulated(env: Arm64Env, qemu_cpu: str, artifacts: list[Artifact], encode
         if f"logits_{index}" in data:
             logits[entry["name"]] = data[f"logits_{index}"]
             entry["latencies"] = data[f"latency_{index}"].tolist()
+        if f"builtin_{index}" in data:
+            entry["builtin_logits"] = data[f"builtin_{index}"]
     return logits, per_file, status
 
 
@@ -169,7 +174,9 @@ def gate_arm64(artifacts: list[Artifact], encoded: Encoded, reference: np.ndarra
     log(f"  arm64 [{name}: qemu -cpu {qemu_cpu}]: {len(artifacts)} file(s) x {rows} rows under emulation "
         "(import ~25 s, then seconds per row)")
     started = time.perf_counter()
-    logits, per_file, status = run_emulated(env, qemu_cpu, artifacts, encoded, rows, log)
+    with_sme = qemu_cpu.startswith("max") and "sme=off" not in qemu_cpu  # QEMU 7.2: only `max` has SME
+    logits, per_file, status = run_emulated(env, qemu_cpu, artifacts, encoded, rows, log,
+                                            litert_without_xnnpack=with_sme)
     results = []
     ref, truth = reference[:rows], (None if labels is None else list(labels)[:rows])
     for artifact in artifacts:
@@ -196,6 +203,14 @@ def gate_arm64(artifacts: list[Artifact], encoded: Encoded, reference: np.ndarra
                 if not result.x86_top1_agreement >= limits.min_top1_agreement:
                     result.failures.append(f"{label}: x86_top1_agreement {result.x86_top1_agreement:.4f} < limit "
                                            f"{limits.min_top1_agreement} (aarch64 vs x86 run of the same file)")
+        builtin = entry.get("builtin_logits")
+        if builtin is not None and builtin.shape == ref.shape:
+            x86 = x86_logits.get(artifact.file_name)
+            result.no_xnnpack = {"max_abs_error": float(np.abs(builtin - ref).max()),
+                                 "x86_max_abs_diff": None if x86 is None else float(np.abs(builtin - x86[:rows]).max()),
+                                 "top1_agreement": float((builtin.argmax(-1) == ref.argmax(-1)).mean())}
+            log(f"  {label}: without the XNNPACK delegate (LiteRT builtin kernels): max_abs "
+                f"{result.no_xnnpack['max_abs_error']:.2e}, top1 {result.no_xnnpack['top1_agreement']:.4f} (evidence only)")
         results.append(result)
         m = result.metrics
         log(f"  {label}: {'PASS' if result.passed else 'FAIL'}"
@@ -238,6 +253,13 @@ def markdown(run: Arm64Run) -> str:
                      f"{m.top1_agreement:.4f} | {acc} | {dx} | {tx} | {'PASS' if r.passed else 'FAIL'} |")
     if run.failures:
         lines += ["", "Failures:", *[f"- {f}" for f in run.failures]]
+    for r in run.results:
+        if r.no_xnnpack:
+            lines += ["", f"{r.artifact.file_name} again without the XNNPACK delegate (LiteRT builtin kernels, no SME "
+                          f"code): max abs err {r.no_xnnpack['max_abs_error']:.2e}, top-1 agree "
+                          f"{r.no_xnnpack['top1_agreement']:.4f}"
+                          + (f", max abs Δ vs x86 {r.no_xnnpack['x86_max_abs_diff']:.2e}" if r.no_xnnpack['x86_max_abs_diff'] is not None else "")
+                          + " (evidence only, not gated)."]
     if run.sme_probe:
         lines += ["", "SME instruction probe (one outer product on known data under the same QEMU, vs numpy):", ""]
         lines += [f"- `{k}`: {v}" for k, v in run.sme_probe.items()]
