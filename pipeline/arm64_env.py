@@ -326,6 +326,8 @@ SMOKE = (
 
 def provision(log=print) -> Arm64Env:
     started = time.perf_counter()
+    plain = log
+    log = lambda message: plain(f"[{time.perf_counter() - started:5.0f} s] {message}")  # noqa: E731
     root = home()
     root.mkdir(parents=True, exist_ok=True)
     log(f"arm64-setup: {root}")

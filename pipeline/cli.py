@@ -179,6 +179,7 @@ def run_build(args: argparse.Namespace) -> int:
 
             validate_folder(argparse.Namespace(artifacts=str(final), arm64=True, arm_cpu=args.arm_cpu,
                                                arm_rows=args.arm_rows, model_dir=config.build.model_dir,
+                                               thresholds=args.config,  # the build's own [thresholds], if any
                                                eval_data=config.build.eval_data, eval_limit=config.build.eval_limit), log)
     return 0
 
