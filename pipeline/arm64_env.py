@@ -177,16 +177,21 @@ def write_cpuinfo(root: Path) -> None:
     (proc / "cpuinfo").write_text(CPUINFO)
 
 
-def install_wheels(root: Path, pins: dict[str, str], log) -> list[str]:
+def wanted_wheels(pins: dict[str, str]) -> list[str]:
     from importlib import metadata
 
-    site = root / "site"
     wanted = [f"{name}=={pins[name]}" for name in PINNED]
     for name in SUPPORT:
         try:
             wanted.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
             wanted.append(name)
+    return wanted
+
+
+def install_wheels(root: Path, pins: dict[str, str], log) -> list[str]:
+    site = root / "site"
+    wanted = wanted_wheels(pins)
     stamp = root / ".site-done"
     if stamp.is_file() and stamp.read_text().split() == wanted:
         log("  aarch64 wheels: present")
@@ -338,6 +343,16 @@ def provision(log=print) -> Arm64Env:
     qemu_version = _run([QEMU, "--version"], log).stdout.splitlines()[0]
     log(f"  {qemu_version}")
     pins = project_pins()
+    try:
+        ready = json.loads((root / "env.json").read_text())
+    except (OSError, ValueError):
+        ready = {}
+    if (ready.get("format") == FORMAT and ready.get("wheels") == wanted_wheels(pins) and ready.get("qemu") == qemu_version
+            and (root / "sysroot/usr/bin/python3.11").is_file()):
+        total = sum(ready.get("bytes", {}).values())
+        log(f"already provisioned ({total / 1e9:.2f} GB); delete {root} to start over")
+        return Arm64Env(root, shutil.which(QEMU), ready)
+    (root / "env.json").unlink(missing_ok=True)  # not ready until the smoke test passed
     provision_sysroot(root, log)
     write_cpuinfo(root)
     wanted = install_wheels(root, pins, log)
