@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -60,6 +61,7 @@ class Arm64Result:
     failures: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float | None = None
+    cpu_seconds: float | None = None
     logits: np.ndarray | None = None
 
     @property
@@ -76,7 +78,7 @@ class Arm64Result:
                 "error": self.error, "metrics": self.metrics.to_dict() if self.metrics else None,
                 "thresholds": asdict(self.thresholds), "x86_max_abs_diff": self.x86_max_abs_diff,
                 "x86_top1_agreement": self.x86_top1_agreement, "no_xnnpack": self.no_xnnpack,
-                "emulated_seconds": self.seconds}
+                "emulated_seconds": self.seconds, "emulated_cpu_seconds": self.cpu_seconds}
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Arm64Run:
     seconds: float
     qemu: str
     sme_probe: dict[str, str] | None = None  # for a profile with SME: the instruction-level emulator check
+    cpu_seconds: float | None = None  # CPU time of the emulated process: the cost, independent of machine load
 
     @property
     def passed(self) -> bool:
@@ -101,7 +104,7 @@ class Arm64Run:
     def to_dict(self) -> dict:
         return {"profile": self.profile, "qemu_cpu": self.qemu_cpu, "description": PROFILES[self.profile][1],
                 "rows": self.rows, "hwcaps": self.hwcaps, "qemu": self.qemu, "passed": self.passed,
-                "seconds": round(self.seconds, 1), "sme_probe": self.sme_probe,
+                "seconds": round(self.seconds, 1), "cpu_seconds": self.cpu_seconds, "sme_probe": self.sme_probe,
                 "artifacts": [r.to_dict() for r in self.results]}
 
 
@@ -129,6 +132,7 @@ def run_emulated(env: Arm64Env, qemu_cpu: str, artifacts: list[Artifact], encode
         (work / "job.json").write_text(json.dumps(job))
         command = env.command(qemu_cpu, ["-m", "pipeline.arm64_worker", str(work / "job.json")])
         started = time.perf_counter()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         timeout = 900 + rows * len(artifacts) * 60
         tail: list[str] = []
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work,
@@ -144,12 +148,15 @@ def run_emulated(env: Arm64Env, qemu_cpu: str, artifacts: list[Artifact], encode
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
                 raise
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
         status_path = work / "out.json"
         if proc.returncode != 0 or not status_path.is_file():
             why = next((l for l in reversed(tail) if l.strip()), "no output")
             raise PipelineError(f"the emulated aarch64 worker failed (qemu -cpu {qemu_cpu}, exit {proc.returncode}): "
                                 f"{why[:300]}; re-provision with: {SETUP_COMMAND}")
         status = json.loads(status_path.read_text())
+        status["cpu_seconds"] = round(cpu_seconds, 1)
         data = dict(np.load(work / "out.npz"))
     logits, per_file = {}, {}
     for index, entry in enumerate(status["artifacts"]):
@@ -183,7 +190,8 @@ def gate_arm64(artifacts: list[Artifact], encoded: Encoded, reference: np.ndarra
         label = f"{artifact.file_name} [arm64 {name}]"
         limits = thresholds.for_artifact(artifact.file_name, artifact.precision)
         entry = per_file.get(artifact.file_name, {})
-        result = Arm64Result(artifact, name, qemu_cpu, None, limits, seconds=entry.get("seconds"))
+        result = Arm64Result(artifact, name, qemu_cpu, None, limits, seconds=entry.get("seconds"),
+                             cpu_seconds=entry.get("cpu_seconds"))
         out = logits.get(artifact.file_name)
         if out is None or out.shape != ref.shape:
             result.error = entry.get("error") or f"output shape {None if out is None else list(out.shape)} != {list(ref.shape)}"
@@ -218,7 +226,7 @@ def gate_arm64(artifacts: list[Artifact], encoded: Encoded, reference: np.ndarra
                f"vs x86 {result.x86_max_abs_diff if result.x86_max_abs_diff is not None else float('nan'):.2e})" if m else "")
             + ("" if result.passed else " - " + "; ".join(result.failures)))
     run = Arm64Run(name, qemu_cpu, rows, status.get("hwcaps", []), results, time.perf_counter() - started,
-                   env.info.get("qemu", ""))
+                   env.info.get("qemu", ""), cpu_seconds=status.get("cpu_seconds"))
     if "sme" in run.hwcaps:  # evidence for the verdict: is the emulator's SME itself right? (never waives it)
         run.sme_probe = sme_probe(env, qemu_cpu)
         wrong = [k for k, v in run.sme_probe.items() if v.startswith("WRONG")]
@@ -227,7 +235,7 @@ def gate_arm64(artifacts: list[Artifact], encoded: Encoded, reference: np.ndarra
         if wrong and not run.passed:
             log(f"  arm64 [{name}]: the emulator computes {', '.join(w.split(' ')[0] for w in wrong)} wrong: "
                 "failures on this profile are explained by QEMU, not shown to be the kernels' (still reported as failures)")
-    log(f"  arm64 [{name}]: {'passed' if run.passed else 'FAILED'} in {run.seconds:.0f} s "
+    log(f"  arm64 [{name}]: {'passed' if run.passed else 'FAILED'} in {run.seconds:.0f} s, {run.cpu_seconds} s CPU "
         f"(emulated CPU HWCAPs: {' '.join(run.hwcaps)})")
     return run
 
