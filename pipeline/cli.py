@@ -59,6 +59,16 @@ def _add_build(sub) -> None:
     p.add_argument("--runtimes", help="comma list of executorch,litert (default: both)")
     p.add_argument("--no-copy-to-apps", action="store_true", help="do not copy artifacts into the demo apps")
     p.add_argument("--no-cache", action="store_true", help="ignore the stage cache")
+    _add_arm64_options(p)
+
+
+def _add_arm64_options(p) -> None:
+    p.add_argument("--arm64", action="store_true",
+                   help="also run every artifact in the aarch64 ExecuTorch and LiteRT runtimes under QEMU user-mode "
+                        "(needs `python -m pipeline arm64-setup` once)")
+    p.add_argument("--arm-cpu", help="emulated CPU profile: i8mm (default), cortex-a76 (dot-product only), "
+                                     "max-sme (QEMU max, with SME)")
+    p.add_argument("--arm-rows", type=int, help="eval rows for the emulated run (default 48; emulation is slow)")
 
 
 def _add_validate(sub) -> None:
@@ -72,6 +82,7 @@ def _add_validate(sub) -> None:
     p.add_argument("--calibration-data", help="CSV/JSONL calibration texts of the build, for localization and "
                    "--auto-fallback (default: as recorded in the manifest)")
     p.add_argument("--report-dir", help="where report.* and PNGs go (default: the artifact folder)")
+    _add_arm64_options(p)
 
 
 def _add_compress(sub) -> None:
@@ -125,6 +136,12 @@ def _add_bench(sub) -> None:
                    help="rebuild the artifacts at each --max-length other than the folder's own (stage cache on)")
 
 
+def _add_arm64_setup(sub) -> None:
+    sub.add_parser("arm64-setup", help="provision the ARM64 emulation environment (QEMU, arm64 sysroot, aarch64 wheels)",
+                   description="Idempotent; cached in $PIPELINE_ARM64_HOME or ~/.cache/pipeline/arm64. "
+                               "Needed by validate --arm64 and build --arm64.")
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_compress(sub)
     _add_bench(sub)
+    _add_arm64_setup(sub)
     for command in sub.choices.values():
         _common(command)
     return p
@@ -216,11 +234,23 @@ def run_build(args: argparse.Namespace) -> int:
     for target in targets:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
+    if args.arm64:  # fail before hours of building, not after
+        from pipeline.gate_arm64 import require_env, resolve_profile
+
+        resolve_profile(args.arm_cpu)
+        require_env()
     from pipeline.build import build  # after the cheap checks: importing torch takes seconds
 
     for target in targets:
         config.build.target = target
-        build(config, log, use_cache=not args.no_cache)
+        final = build(config, log, use_cache=not args.no_cache)
+        if args.arm64:  # the bundled folder, through the same gate as `validate --arm64`
+            from pipeline.gate import validate_folder
+
+            validate_folder(argparse.Namespace(artifacts=str(final), arm64=True, arm_cpu=args.arm_cpu,
+                                               arm_rows=args.arm_rows, model_dir=config.build.model_dir,
+                                               thresholds=args.config,  # the build's own [thresholds], if any
+                                               eval_data=config.build.eval_data, eval_limit=config.build.eval_limit), log)
     return 0
 
 
@@ -236,6 +266,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
     WRITES[:] = [Path(args.out or args.artifacts), Path(tempfile.gettempdir())]
     return bench(args, log)
+
+
+def run_arm64_setup(args: argparse.Namespace) -> int:
+    from pipeline.arm64_env import provision
+
+    provision(log)
+    return 0
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -310,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_term = _terminate_as_interrupt()
     code, message, traceback_logged = 2, None, False
     try:
-        handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench}[args.command]
+        handler = {"build": run_build, "validate": run_validate, "compress": run_compress, "bench": run_bench,
+                   "arm64-setup": run_arm64_setup}[args.command]
         code = handler(args)
     except PipelineError as err:
         code, message = err.exit_code, f"error: {one_line(err)}"

@@ -11,7 +11,11 @@
        with --auto-fallback, the most sensitive modules are kept float until the
        thresholds hold and the file, golden.json and the manifest are rewritten
        atomically (gate/fallback.py)
-    6. report.json / report.md / report.junit.xml / PNGs into the folder (or --report-dir)
+    6. with --arm64: every file again in the aarch64 runtimes under QEMU for one CPU profile (gate_arm64.py), on
+       the first --arm-rows eval rows, same thresholds, plus its difference from the x86 run; a missing
+       emulation environment is exit 2 naming `python -m pipeline arm64-setup`, checked before anything runs
+    7. report.json / report.md / report.junit.xml / PNGs into the folder (or --report-dir); with --arm64 also
+       manifest.json's `arm64_validation.<profile>`
 
 Thresholds come from the file given or the defaults, deliberately not from the manifest: a folder must
 not be able to loosen its own gate.
@@ -135,6 +139,12 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     report_dir = Path(getattr(args, "report_dir", None) or folder)
     manifest = read_manifest(folder)
     log(f"validate: {folder}")
+    arm = None
+    if getattr(args, "arm64", False):
+        from pipeline import gate_arm64
+
+        profile = gate_arm64.resolve_profile(getattr(args, "arm_cpu", None))[0]
+        arm = (gate_arm64.require_env(), profile)
     count = verify_files(folder, manifest)
     log(f"  {count} files: sizes and sha256 match manifest.json")
     entries = model_entries(manifest)
@@ -197,21 +207,32 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
         context["auto-fallback"] = "; ".join(f"{r.artifact.file_name}: kept float {r.artifact.details['fallback']['kept_float']}"
                                              for r in results if "fallback" in r.artifact.details) or "nothing to fix"
 
+    arm_run = None
+    if arm:
+        arm_run = gate_arm64.gate_arm64([r.artifact for r in results], encoded, reference, texts.labels,
+                                        {r.artifact.file_name: r.logits for r in results}, thresholds, arm[1],
+                                        getattr(args, "arm_rows", None), log, env=arm[0])
+        context[f"arm64 ({arm_run.profile})"] = (f"qemu -cpu {arm_run.qemu_cpu}, {arm_run.rows} rows: "
+                                                  + ("passed" if arm_run.passed else "FAILED"))
     try:
         write_reports(report_dir, results, reference, f"Drift gate: {folder.name}", context)
         data = json.loads((report_dir / "report.json").read_text())
         data["thresholds_used"] = {"source": thresholds_source,
                                    "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}}
         (report_dir / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+        if arm_run is not None:
+            gate_arm64.extend_reports(report_dir, arm_run)
+            gate_arm64.record_in_manifest(folder, arm_run)
         if localizations:
             plot_layer_errors({name: l.profile for name, l in localizations.items()}, report_dir / "report_layer_error.png")
     except OSError as err:
         raise PipelineError(f"cannot write the reports ({err.strerror or err})", report_dir) from None
     for line in drift_table(results):
         log(line)
-    failures = [f for r in results for f in r.failures]
+    failures = [f for r in results for f in r.failures] + (arm_run.failures if arm_run else [])
     if failures:
         log(f"validation FAILED: {len(failures)} threshold(s) exceeded; report in {report_dir}")
         raise DriftError(failures)
-    log(f"validation passed: {len(results)} artifact(s) within thresholds; report in {report_dir}")
+    log(f"validation passed: {len(results)} artifact(s) within thresholds"
+        + (f" on x86 and on arm64 ({arm_run.profile})" if arm_run else "") + f"; report in {report_dir}")
     return 0
