@@ -355,19 +355,29 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
         try:
             artifacts = lower_all(config, model, calibration, check, workdir, cache, timer, log)
             results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log)
+            drift = None
+            if b.mediapipe and any(a.runtime == "litert" for a in artifacts):
+                from pipeline.stages import mediapipe as mediapipe_stage
+
+                with timer("mediapipe"):
+                    made, drift = mediapipe_stage.run_stage(config, model, artifacts, eval_texts.texts, reference,
+                                                            eval_texts.labels, workdir, cache, log)
+                results += made
             for line in drift_table(results):
                 log(line)
             failures = [f for r in results for f in r.failures]
             if failures:
                 failed = out_root / f"{b.target}.failed"
                 write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
-                              {"target": b.target, "eval data": eval_texts.source})
+                              {"target": b.target, "eval data": eval_texts.source}, drift=drift)
                 log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
                 raise DriftError(failures)
             with timer("bundle"):
                 extra = {"stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
                          "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
                          "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
+                if drift is not None:
+                    extra["tokenizer_drift"] = drift
                 final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,
                                             reference, out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
         except PipelineError as err:

@@ -86,6 +86,7 @@ class BuildConfig:
     name: str = "albert"
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"])
+    mediapipe: bool = True  # with litert: also <name>.<precision>.mediapipe.tflite for MediaPipe's TextClassifier
     calibration_data: str | None = None  # None with the default model: small_fine_foods train split
     eval_data: str | None = None  # None with the default model: small_fine_foods test split (1000 reviews)
     eval_limit: int | None = None  # validate on the first N eval texts only (None: all)

@@ -122,7 +122,7 @@ def _tokens(tokenizer, ids: np.ndarray) -> list[str]:
     ids = [int(i) for i in ids]
     while ids and ids[-1] == 0:  # padding
         ids.pop()
-    return tokenizer.convert_ids_to_tokens(ids)
+    return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
 def measure(reference_tokenizer, device: DeviceTokenizer, max_length: int, eval_texts: list[str],

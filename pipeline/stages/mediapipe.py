@@ -138,3 +138,47 @@ def drift(model, max_length: int, texts: list[str], log: Log = print) -> dict:
         log(f"  tokenizer drift ({found['tokenizer']}), {name}: {s['differ']}/{s['texts']} texts get other ids on "
             f"the device ({s['share']:.2%}); after app normalization {s['differ_after_app_normalization']}")
     return found
+
+
+def run_stage(config, model, artifacts: list[Artifact], texts: list[str], reference_logits: np.ndarray,
+              labels: list[int] | None, workdir: Path, cache, log: Log = print) -> tuple[list[ArtifactResult], dict]:
+    """The build's MediaPipe stage: files from the verified LiteRT artifacts, their gate (runtime outputs cached by
+    file hash + texts + MediaPipe version) and the tokenizer drift (cached by tokenizer file + texts)."""
+    import json
+    import tempfile
+    from importlib import metadata
+
+    from pipeline.cache import content_key
+    from pipeline.data import sha256_file
+    from pipeline.tokenization import clean_text
+
+    texts = [clean_text(t) for t in texts]  # lone surrogates cannot cross into MediaPipe's C++ (as for the reference)
+    version = metadata.version("mediapipe")
+    made = make_files([a for a in artifacts if a.runtime == "litert"], model.model_dir, model.label_names, workdir, log)
+    texts_key = content_key(texts)
+
+    def outputs(artifact: Artifact) -> tuple[np.ndarray, list[float]]:
+        key = content_key(sha256_file(artifact.path), "mediapipe", texts_key, version)
+        hit = cache.get("outputs", key)
+        if hit:
+            return np.load(hit[0] / "probabilities.npy"), hit[1]["latencies"]
+        probabilities, latencies = run_texts(artifact, texts)
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(Path(tmp) / "probabilities.npy", probabilities)
+            cache.put("outputs", key, {"probabilities.npy": Path(tmp) / "probabilities.npy"}, {"latencies": latencies})
+        return probabilities, latencies
+
+    results = validate(made, texts, reference_logits, labels, config.thresholds, log, outputs)
+    tokenizer = device_tokenizer(model.model_dir)
+    key = content_key(model.source_sha256, sha256_file(tokenizer.path), tokenizer.kind, config.build.max_length, texts_key,
+                      version, "drift-1")
+    hit = cache.get("drift", key)
+    if hit:
+        found = json.loads((hit[0] / "drift.json").read_text())
+        log(f"  tokenizer drift: cached ({found['share']:.2%} of {found['texts']} texts differ)")
+    else:
+        found = drift(model, config.build.max_length, texts, log)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "drift.json").write_text(json.dumps(found, ensure_ascii=False))
+            cache.put("drift", key, {"drift.json": Path(tmp) / "drift.json"}, {})
+    return results, found
