@@ -56,8 +56,8 @@ HARD_CASES: list[tuple[str, str]] = [
 ]
 
 APP_NORMALIZATION = {
-    "wordpiece": "lowercase, Unicode NFD, drop combining marks (Mn), drop format/control characters and U+FFFD "
-                 "(tabs/newlines become spaces)",
+    "wordpiece": "lowercase, Unicode NFD, drop combining marks (Mn), drop format/control characters and U+FFFD, "
+                 "tabs/newlines and Unicode spaces (Zs, e.g. no-break space) become ASCII spaces",
     "sentencepiece": "Unicode NFKD, drop combining marks (Mn), lowercase, collapse whitespace",
 }
 MAX_EXAMPLES = 8
@@ -73,7 +73,7 @@ def app_normalize(text: str, kind: str) -> str:
             cat = unicodedata.category(ch)
             if cat == "Mn" or ch == "\ufffd" or (cat in ("Cc", "Cf") and ch not in "\t\n\r"):
                 continue
-            out.append(" " if ch in "\t\n\r" else ch)
+            out.append(" " if ch in "\t\n\r" or cat == "Zs" else ch)  # MediaPipe splits on ASCII spaces only
         return "".join(out)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn").lower()

@@ -50,6 +50,7 @@ enum MediaPipeText {
                     continue
                 default:
                     let category = scalar.properties.generalCategory
+                    if category == .spaceSeparator { out.append(" "); continue }  // MediaPipe splits on ASCII spaces only
                     if category == .nonspacingMark || category == .control || category == .format { continue }
                     out.append(scalar)
                 }

@@ -48,7 +48,7 @@ object MediaPipeText {
             for (ch in Normalizer.normalize(text.lowercase(), Normalizer.Form.NFD)) {
                 val type = Character.getType(ch).toByte()
                 when {
-                    ch == '\t' || ch == '\n' || ch == '\r' -> out.append(' ')
+                    ch == '\t' || ch == '\n' || ch == '\r' || type == Character.SPACE_SEPARATOR -> out.append(' ')
                     type == Character.NON_SPACING_MARK || ch == '\uFFFD' -> Unit
                     type == Character.CONTROL || type == Character.FORMAT -> Unit
                     else -> out.append(ch)
