@@ -348,8 +348,8 @@ def attach_metadata(tflite: bytes, metadata: bytes, files: dict[str, bytes]) -> 
     out = io.BytesIO(_pack(model, len(tflite) + len(metadata)))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
+        for name, data in files.items():  # fixed timestamps: the same inputs give the same bytes (cache keys)
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
 
 

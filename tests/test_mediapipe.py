@@ -92,6 +92,17 @@ def test_build_ships_mediapipe_files_that_classify_text_like_the_float_model(bui
     assert golden["outputs"]["albert.fp32.mediapipe.tflite"] == "probabilities"
 
 
+def test_the_twin_is_deterministic(builds, tmp_path):
+    """Same plain file, labels and tokenizer -> the same bytes (the gate's outputs are cached by file hash)."""
+    from pipeline.mediapipe_model import device_tokenizer, make_mediapipe_ready
+
+    folder = builds["sentencepiece"]
+    model_dir = Path(json.loads((folder / "manifest.json").read_text())["model"]["source"])
+    again = tmp_path / "again.tflite"
+    make_mediapipe_ready(folder / "albert.int8.tflite", again, ["great", "other"], device_tokenizer(model_dir))
+    assert again.read_bytes() == (folder / "albert.int8.mediapipe.tflite").read_bytes()
+
+
 def test_plain_litert_interpreter_still_runs_the_mediapipe_file(builds):
     from ai_edge_litert.interpreter import Interpreter
 
