@@ -28,14 +28,14 @@ from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
 from pipeline.report import drift_table, write_reports
 from pipeline.stage import Context, StageTimer, run_cached
-from pipeline.tokenization import Encoded, encode
+from pipeline.tokenization import Encoded, clean_text, encode
 
 Log = Callable[[str], None]
 CHECK_ROWS = 8  # rows used to prove the export model matches the reference before lowering
 
 
 def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
-    from pipeline.stages import bundle
+    from pipeline.stages import bundle, mediapipe
     from pipeline.stages.executorch import executorch_stage
     from pipeline.stages.reference import reference_stage
     from pipeline.stages.tflite import tflite_stage
@@ -79,13 +79,21 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                 raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
             with timer("validate"):
                 results = validate(artifacts, evaluation, reference, eval_texts.labels, config.thresholds, ctx)
+            drift = None
+            if b.mediapipe and any(a.runtime == "litert" for a in artifacts):
+                with timer("mediapipe"):
+                    texts = [clean_text(t) for t in eval_texts.texts]  # as the reference saw them
+                    twins = run_cached(mediapipe.mediapipe_stage(artifacts, model, workdir, log), ctx)
+                    results += mediapipe.validate(twins, texts, reference, eval_texts.labels, config.thresholds, log,
+                                                  outputs=lambda a: run_cached(mediapipe.outputs_stage(a, texts), ctx))
+                    drift = run_cached(mediapipe.drift_stage(model, b.max_length, texts, log), ctx)
             for line in drift_table(results):
                 log(line)
             failures = [f for r in results for f in r.failures]
             if failures:
                 failed = out_root / f"{b.target}.failed"
                 write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
-                              {"target": b.target, "eval data": eval_texts.source})
+                              {"target": b.target, "eval data": eval_texts.source}, drift=drift)
                 log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
                 raise DriftError(failures)
             with timer("bundle"):
@@ -93,6 +101,8 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                          "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
                          "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
                          "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
+                if drift is not None:
+                    extra["tokenizer_drift"] = drift
                 final = bundle.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts, reference,
                                       out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
         except PipelineError:

@@ -45,13 +45,20 @@ def drift_table(results: list[ArtifactResult]) -> list[str]:
     return lines
 
 
-def markdown(results: list[ArtifactResult], title: str, context: dict) -> str:
+def markdown(results: list[ArtifactResult], title: str, context: dict, drift: dict | None = None) -> str:
     lines = [f"# {title}", ""]
     for key, value in context.items():
         lines.append(f"- {key}: {value}")
     lines += ["", *drift_table(results), ""]
+    if any(r.artifact.runtime == "mediapipe" for r in results):
+        lines += ["MediaPipe rows (`*.mediapipe.tflite`): text in through MediaPipe's TextClassifier and its own tokenizer; "
+                  "errors are on probabilities, vs the float reference's softmax.", ""]
     failures = [f for r in results for f in r.failures]
     lines.append("All artifacts passed." if not failures else "Failures:\n" + "\n".join(f"- {f}" for f in failures))
+    if drift:
+        from pipeline.tokenizer_drift import markdown as drift_markdown
+
+        lines += ["", *drift_markdown(drift)]
     for r in results:
         delegation = r.artifact.details.get("delegation")
         if delegation:
@@ -78,9 +85,14 @@ def fallback_markdown(fallback: dict) -> str:
     return "\n".join(lines)
 
 
-def junit_xml(results: list[ArtifactResult], suite: str = "pipeline.validate") -> str:
-    """One test case per artifact and metric."""
+def junit_xml(results: list[ArtifactResult], suite: str = "pipeline.validate", drift: dict | None = None) -> str:
+    """One test case per artifact and metric (tokenizer drift: one informational case per set, never failing)."""
     cases = []
+    for name, s in ((drift or {}).get("sets") or {}).items():
+        out = escape(f"{s['differ']}/{s['texts']} texts get other token ids on the device ({s['share']:.2%}); "
+                     f"after app normalization {s['differ_after_app_normalization']}")
+        cases.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(f"tokenizer_drift:{name}")}>'
+                     f"<system-out>{out}</system-out></testcase>")
     for r in results:
         m, t = r.metrics, r.thresholds
         checks = [(metric, getattr(m, metric), getattr(t, limit), op) for metric, limit, op in METRIC_LIMITS]
@@ -103,7 +115,7 @@ def plot(results: list[ArtifactResult], reference: np.ndarray, path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [r for r in results if r.logits is not None]
+    panels = [r for r in results if r.logits is not None and r.artifact.runtime != "mediapipe"]  # those are probabilities
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
@@ -144,13 +156,15 @@ def plot_layer_errors(profiles: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(folder: Path, results: list[ArtifactResult], reference: np.ndarray, title: str, context: dict) -> None:
+def write_reports(folder: Path, results: list[ArtifactResult], reference: np.ndarray, title: str, context: dict,
+                  drift: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(
-        {"context": context, "passed": all(r.passed for r in results), "artifacts": [result_dict(r) for r in results]},
-        indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(results, title, context))
-    (folder / "report.junit.xml").write_text(junit_xml(results))
+    data = {"context": context, "passed": all(r.passed for r in results), "artifacts": [result_dict(r) for r in results]}
+    if drift is not None:
+        data["tokenizer_drift"] = drift
+    (folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(results, title, context, drift))
+    (folder / "report.junit.xml").write_text(junit_xml(results, drift=drift))
     plot(results, reference, folder / "report_logits.png")
 
 

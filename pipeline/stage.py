@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import shutil
 import tempfile
 import time
@@ -65,6 +66,17 @@ class ArrayCodec:
         return np.load(entry / "value.npy")
 
 
+class JsonCodec:
+    """A JSON-able value (e.g. the tokenizer drift report)."""
+
+    def encode(self, value: Any, scratch: Path) -> tuple[dict[str, Path], dict]:
+        (scratch / "value.json").write_text(json.dumps(value, ensure_ascii=False))
+        return {"value.json": scratch / "value.json"}, {}
+
+    def decode(self, entry: Path, meta: dict, workdir: Path) -> Any:
+        return json.loads((entry / "value.json").read_text())
+
+
 class OutputsCodec:
     """A runtime's outputs on the eval rows: (logits, per-row seconds)."""
 
@@ -90,7 +102,7 @@ class ArtifactsCodec:
         return restored
 
 
-ARRAY, OUTPUTS, ARTIFACTS = ArrayCodec(), OutputsCodec(), ArtifactsCodec()
+ARRAY, JSON, OUTPUTS, ARTIFACTS = ArrayCodec(), JsonCodec(), OutputsCodec(), ArtifactsCodec()
 
 
 @dataclass

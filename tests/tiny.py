@@ -105,3 +105,36 @@ def write_review_data(path: Path, count: int = 48, seed: int = 0) -> Path:
             rng.shuffle(words)
             writer.writerow([" ".join(words), label])
     return path
+
+
+def write_tiny_albert_sentencepiece(out: Path, *, vocab_size: int = 80, seed: int = 0, **model_args) -> Path:
+    """A tiny AlbertForSequenceClassification with ALBERT's own tokenizer kind: a SentencePiece model (spiece.model,
+    trained here in well under a second on sentences made of WORDS, plus accented and non-Latin words) loaded by
+    AlbertTokenizer (lowercase, accents stripped), saved HF-style without vocab.txt."""
+    import random
+
+    import sentencepiece as spm
+    from transformers import AlbertTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    extra = ["cafe", "creme", "naive", "resume", "jalapeno", "the best tea", "not good", "chai", "matcha"]
+    lines = [" ".join(rng.choice(WORDS + extra) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
+    corpus = out / "spm_corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "spiece"), vocab_size=vocab_size,
+                                   pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, model_type="unigram", hard_vocab_limit=False,
+                                   control_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2)
+    corpus.unlink()
+    (out / "spiece.vocab").unlink(missing_ok=True)
+    tokenizer = AlbertTokenizer.from_pretrained(str(out))  # ALBERT's defaults: lowercase, accents stripped
+    tokenizer.save_pretrained(str(out))
+    (out / "vocab.txt").unlink(missing_ok=True)  # ALBERT ships spiece.model, not a WordPiece vocab
+    write_tiny_albert(out / ".weights", vocab_size=tokenizer.vocab_size, seed=seed, **model_args)
+    for path in (out / ".weights").iterdir():  # weights and config from the WordPiece writer, tokenizer from here
+        if path.name in ("config.json", "model.safetensors"):
+            path.replace(out / path.name)
+    import shutil
+
+    shutil.rmtree(out / ".weights")
+    return out

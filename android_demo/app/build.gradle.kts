@@ -37,4 +37,5 @@ dependencies {
     implementation(project(":tokenizer"))
     implementation(libs.executorch.android)
     implementation(libs.litert)
+    implementation(libs.mediapipe.tasks.text) // MediaPipe mode: TextClassifier on the .mediapipe.tflite files
 }

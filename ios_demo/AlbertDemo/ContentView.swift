@@ -37,18 +37,29 @@ final class DemoModel: ObservableObject {
             let runner = try runners[file.path] ?? Runners.open(file, in: bundle)
             runners[file.path] = runner
             let start = DispatchTime.now().uptimeNanoseconds
-            let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength)
-            let tokenized = DispatchTime.now().uptimeNanoseconds
-            let logits = try runner.run(encoding)
-            let done = DispatchTime.now().uptimeNanoseconds
-            let top = logits.max() ?? 0
-            let exps = logits.map { exp(Double($0 - top)) }
-            let sum = exps.reduce(0, +)
-            probabilities = zip(bundle.labels, exps).map { (label: $0.0, value: $0.1 / sum) }
+            if runner.takesText {
+                // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (MediaPipeRunner.swift)
+                let prepared = MediaPipeText.normalize(text, tokenizerKind: bundle.tokenizerKind)
+                let normalized = DispatchTime.now().uptimeNanoseconds
+                let probs = try runner.classify(prepared)
+                let done = DispatchTime.now().uptimeNanoseconds
+                probabilities = zip(bundle.labels, probs).map { (label: $0.0, value: Double($0.1)) }
+                latency = String(format: "normalize %.2f ms · classify(text) %.2f ms",
+                                 Double(normalized - start) / 1e6, Double(done - normalized) / 1e6)
+            } else {
+                let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength)
+                let tokenized = DispatchTime.now().uptimeNanoseconds
+                let logits = try runner.run(encoding)
+                let done = DispatchTime.now().uptimeNanoseconds
+                let top = logits.max() ?? 0
+                let exps = logits.map { exp(Double($0 - top)) }
+                let sum = exps.reduce(0, +)
+                probabilities = zip(bundle.labels, exps).map { (label: $0.0, value: $0.1 / sum) }
+                latency = String(format: "tokenize %.2f ms · inference %.2f ms",
+                                 Double(tokenized - start) / 1e6, Double(done - tokenized) / 1e6)
+            }
             let best = probabilities.indices.max { probabilities[$0].value < probabilities[$1].value } ?? 0
             prediction = bundle.labels[best]
-            latency = String(format: "tokenize %.2f ms · inference %.2f ms",
-                             Double(tokenized - start) / 1e6, Double(done - tokenized) / 1e6)
         } catch {
             prediction = "error: \(error.localizedDescription)"
         }

@@ -63,6 +63,8 @@ enum GoldenKeys {
 enum ManifestValues {
     static let runtimeExecuTorch = "executorch"
     static let runtimeLiteRT = "litert"
+    /// A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out.
+    static let runtimeMediaPipe = "mediapipe"
     static let dtypeInt64 = "int64"
     static let dtypeInt32 = "int32"
     static let dtypeFloat32 = "float32"

@@ -18,9 +18,20 @@ struct Encoding {
     }
 }
 
+/// One loaded model file: `run` takes the tokenizer's encoding and returns the logits. A MediaPipe file
+/// (`takesText`) takes the text itself: `classify(text)` returns probabilities in label order.
 protocol ModelRunner {
     var file: ModelFile { get }
     func run(_ encoding: Encoding) throws -> [Float]
+    var takesText: Bool { get }
+    func classify(_ text: String) throws -> [Float]
+}
+
+extension ModelRunner {
+    var takesText: Bool { false }
+    func classify(_ text: String) throws -> [Float] {
+        throw BundleError.invalid("\(file.path) takes token ids, not text")
+    }
 }
 
 enum Runners {
@@ -28,6 +39,7 @@ enum Runners {
         switch file.runtime {
         case ManifestValues.runtimeExecuTorch: return try ExecuTorchRunner(file: file, url: bundle.url(file.path))
         case ManifestValues.runtimeLiteRT: return try LiteRTRunner(file: file, url: bundle.url(file.path), threads: threads)
+        case ManifestValues.runtimeMediaPipe: return try MediaPipeRunner(file: file, url: bundle.url(file.path))
         default: throw BundleError.invalid("\(file.path): unknown runtime '\(file.runtime)'")
         }
     }

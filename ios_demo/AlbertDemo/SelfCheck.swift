@@ -8,7 +8,8 @@ struct CheckResult: Identifiable {
 }
 
 /// golden.json through the on-device tokenizer and every bundled model: token ids must equal the Python
-/// tokenizer's exactly; logits must be within the per-file tolerance of what the pipeline measured.
+/// tokenizer's exactly; logits must be within the per-file tolerance of what the pipeline measured. MediaPipe
+/// files take the golden text and are compared on probabilities (what golden.json holds for them).
 struct SelfCheck {
     let bundle: ModelBundle
     let tokenizer: TextTokenizer
@@ -61,13 +62,19 @@ struct SelfCheck {
                   let expected = expectedByFile[path] as? [NSNumber] else {
                 return CheckResult(subject: path, passed: false, detail: "no expected logits for \(path)")
             }
-            // the golden ids, not the on-device ones: a tokenizer difference is reported by checkTokenizer
-            let encoding = Encoding(
-                inputIds: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseInputIds)),
-                attentionMask: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseAttentionMask)),
-                tokenTypeIds: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseTokenTypeIds))
-            )
-            let logits = try runner.run(encoding)
+            let logits: [Float]
+            if runner.takesText {
+                // MediaPipe: the golden text as the pipeline classified it (no app normalization); probabilities
+                logits = try runner.classify(try JSONPath.string(item, JSONPath.leaf(GoldenKeys.caseText)))
+            } else {
+                // the golden ids, not the on-device ones: a tokenizer difference is reported by checkTokenizer
+                let encoding = Encoding(
+                    inputIds: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseInputIds)),
+                    attentionMask: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseAttentionMask)),
+                    tokenTypeIds: try JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseTokenTypeIds))
+                )
+                logits = try runner.run(encoding)
+            }
             guard logits.count == expected.count else {
                 return CheckResult(subject: path, passed: false, detail: "\(logits.count) logits, expected \(expected.count)")
             }

@@ -4,7 +4,8 @@
     2. the float reference: the checkpoint the manifest names (or --model), whose
        hash must equal the manifest's model.source_sha256                            (else exit 2)
     3. the eval data: as recorded in the manifest (or --eval-data), never empty     (else exit 2)
-    4. every model file in its real runtime vs the float reference, thresholds from
+    4. every model file in its real runtime vs the float reference (MediaPipe files: text in, through
+       MediaPipe's TextClassifier, plus the tokenizer drift), thresholds from
        --thresholds (TOML) or the defaults; a runtime that is missing or cannot run
        the file is exit 2, never a skip                                              (drift: exit 1)
     5. for a failing int8 ExecuTorch file: where the error starts (gate/localize.py);
@@ -125,6 +126,18 @@ def run_one(artifact: Artifact, encoded: Encoded, reference: np.ndarray, labels,
     return result
 
 
+def run_mediapipe(artifact: Artifact, texts: LabeledTexts, reference: np.ndarray, thresholds: ThresholdConfig,
+                  log: Log) -> ArtifactResult:
+    """A MediaPipe-ready file end to end, text in, through MediaPipe's TextClassifier (stages/mediapipe.py)."""
+    from pipeline.stages import mediapipe as mediapipe_stage
+    from pipeline.tokenization import clean_text
+
+    probabilities, latencies = mediapipe_stage.run_texts(artifact, [clean_text(t) for t in texts.texts])
+    [result] = mediapipe_stage.validate([artifact], [], reference, texts.labels, thresholds, log,
+                                        outputs=lambda _: (probabilities, latencies))
+    return result
+
+
 def localizable(result: ArtifactResult) -> bool:
     a = result.artifact
     return (not result.passed and a.runtime == "executorch" and a.precision.startswith("int8")
@@ -166,7 +179,15 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     reference = reference_logits(model, encoded)
     log(f"  eval: {len(encoded)} texts from {texts.source}; thresholds: {thresholds_source}")
 
-    results = [run_one(Artifact.from_dict(folder, e), encoded, reference, texts.labels, thresholds, log) for e in entries]
+    results = [run_mediapipe(Artifact.from_dict(folder, e), texts, reference, thresholds, log)
+               if e.get("runtime") == "mediapipe" else
+               run_one(Artifact.from_dict(folder, e), encoded, reference, texts.labels, thresholds, log) for e in entries]
+    drift = None
+    if any(e.get("runtime") == "mediapipe" for e in entries):
+        from pipeline.stages import mediapipe as mediapipe_stage
+        from pipeline.tokenization import clean_text
+
+        drift = mediapipe_stage.drift(model, max_length, [clean_text(t) for t in texts.texts], log)
     localizations = {}
     calibration = None
     for result in results:
@@ -215,7 +236,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
         context[f"arm64 ({arm_run.profile})"] = (f"qemu -cpu {arm_run.qemu_cpu}, {arm_run.rows} rows: "
                                                   + ("passed" if arm_run.passed else "FAILED"))
     try:
-        write_reports(report_dir, results, reference, f"Drift gate: {folder.name}", context)
+        write_reports(report_dir, results, reference, f"Drift gate: {folder.name}", context, drift=drift)
         data = json.loads((report_dir / "report.json").read_text())
         data["thresholds_used"] = {"source": thresholds_source,
                                    "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in results}}

@@ -5,11 +5,12 @@
     onnxruntime   .onnx in ONNX Runtime (bench baseline)   (runtimes/onnxruntime.py)
     torch-hf      eager transformers ALBERT (reference)    (runtimes/eager.py)
     torch-export  eager export-friendly ALBERT             (runtimes/eager.py)
+    mediapipe     MediaPipe-ready .tflite in MediaPipe's TextClassifier, TEXT in (runtimes/mediapipe.py)
 
 Runner modules import their runtime lazily (in the constructor), so importing this package is cheap.
 """
 from pipeline.runtimes.base import INPUT_NAMES, RUNNERS, Runner, canonical_input_name, open_runner, register
-from pipeline.runtimes import eager, executorch, litert, onnxruntime  # noqa: F401,E402  (register themselves)
+from pipeline.runtimes import eager, executorch, litert, mediapipe, onnxruntime  # noqa: F401,E402  (register themselves)
 from pipeline.runtimes.executorch import ExecuTorchRunner  # noqa: E402
 from pipeline.runtimes.litert import LiteRTRunner  # noqa: E402
 

@@ -56,7 +56,9 @@ def golden_cases(results: list[ArtifactResult], encoded: Encoded, texts: list[st
         })
     # On a phone the same file runs on other CPU kernels: allow what the artifact was allowed against float.
     tolerance = {r.artifact.file_name: max(1e-4, r.thresholds.max_abs_error) for r in results}
-    return {"max_length": int(encoded.input_ids.shape[1]), "tolerance": tolerance, "cases": cases}
+    # MediaPipe files take the text and give probabilities (TextClassifier.classify(text)), the others ids -> logits.
+    outputs = {r.artifact.file_name: "probabilities" if r.artifact.runtime == "mediapipe" else "logits" for r in results}
+    return {"max_length": int(encoded.input_ids.shape[1]), "tolerance": tolerance, "outputs": outputs, "cases": cases}
 
 
 def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, results: list[ArtifactResult],
@@ -124,7 +126,8 @@ def bundle(model: LoadedModel, target: str, max_length: int, results: list[Artif
         (staged / "labels.json").write_text(json.dumps(model.label_names) + "\n")
         (staged / "golden.json").write_text(json.dumps(golden_cases(results, encoded, texts, golden_count)) + "\n")
         write_reports(staged, results, reference, f"{model.model_dir.name} for {target}",
-                      {"target": target, "eval data": eval_source, "rows": len(encoded), "max_length": max_length})
+                      {"target": target, "eval data": eval_source, "rows": len(encoded), "max_length": max_length},
+                      drift=extra.get("tokenizer_drift"))
         (staged / "manifest.json").write_text(
             json.dumps(manifest(model, target, max_length, staged, results, eval_source, extra), indent=2) + "\n")
         staged.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be shipped and read by others

@@ -83,7 +83,7 @@ class MainActivity : Activity() {
         runner?.close()
         runner = null
         runner = try {
-            ModelRunner.open(file, modelPath(file))
+            ModelRunner.open(file, modelPath(file), context = this)
         } catch (e: Exception) {
             runOnUiThread { result.text = "${file.path}: ${e.message}" }
             null
@@ -95,17 +95,20 @@ class MainActivity : Activity() {
         worker.execute {
             val current = runner ?: return@execute
             val t0 = SystemClock.elapsedRealtimeNanos()
-            val encoding = tokenizer.encode(text, bundle.tokenizerMaxLength)
+            // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (MediaPipeText.kt)
+            val encoding = if (current.takesText) null else tokenizer.encode(text, bundle.tokenizerMaxLength)
+            val prepared = if (current.takesText) MediaPipeText.normalize(text, bundle.tokenizerKind) else text
             val t1 = SystemClock.elapsedRealtimeNanos()
-            val logits = current.run(encoding)
+            val probs = if (encoding == null) current.classify(prepared).map { it.toDouble() }.toDoubleArray()
+                        else softmax(current.run(encoding))
             val t2 = SystemClock.elapsedRealtimeNanos()
-            val probs = softmax(logits)
             val best = probs.indices.maxByOrNull { probs[it] } ?: 0
             val lines = buildString {
                 append("Prediction: ${bundle.labels[best]}\n\n")
                 probs.forEachIndexed { i, p -> append("%-16s %6.2f %%\n".format(bundle.labels[i], 100 * p)) }
                 append("\n${current.file.title}\n")
-                append("tokenize %.2f ms · inference %.2f ms".format((t1 - t0) / 1e6, (t2 - t1) / 1e6))
+                append((if (current.takesText) "normalize %.2f ms · classify(text) %.2f ms" else "tokenize %.2f ms · inference %.2f ms")
+                    .format((t1 - t0) / 1e6, (t2 - t1) / 1e6))
             }
             runOnUiThread { result.text = lines }
         }
@@ -118,7 +121,7 @@ class MainActivity : Activity() {
         for (file in bundle.files) {
             results.add(
                 try {
-                    ModelRunner.open(file, modelPath(file)).use { check.checkModel(it) }
+                    ModelRunner.open(file, modelPath(file), context = this).use { check.checkModel(it) }
                 } catch (e: Exception) {
                     CheckResult(file.path, false, "could not run: ${e.message}")
                 },

@@ -67,6 +67,8 @@ object GoldenKeys {
 object ManifestValues {
     const val RUNTIME_EXECUTORCH = "executorch"
     const val RUNTIME_LITERT = "litert"
+    /** A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out. */
+    const val RUNTIME_MEDIAPIPE = "mediapipe"
     const val DTYPE_INT64 = "int64"
     const val DTYPE_INT32 = "int32"
     const val DTYPE_FLOAT32 = "float32"

@@ -1,5 +1,6 @@
 package org.pipeline.demo
 
+import android.content.Context
 import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -10,15 +11,26 @@ import org.pytorch.executorch.Tensor
 import org.tensorflow.lite.DataType
 import org.tensorflow.lite.Interpreter
 
-/** One loaded model file; `run` takes the tokenizer's encoding and returns the logits. */
+/**
+ * One loaded model file; `run` takes the tokenizer's encoding and returns the logits. A MediaPipe file
+ * (`takesText`) takes the text itself instead: `classify(text)` returns probabilities in label order.
+ */
 interface ModelRunner : AutoCloseable {
     val file: ModelFile
     fun run(encoding: Encoding): FloatArray
 
+    /** true for MediaPipe files: the tokenizer runs inside MediaPipe, from the file's metadata. */
+    val takesText: Boolean get() = false
+    fun classify(text: String): FloatArray =
+        throw UnsupportedOperationException("${file.path} takes token ids, not text")
+
     companion object {
-        fun open(file: ModelFile, path: File, threads: Int = 2): ModelRunner = when (file.runtime) {
+        /** `context` is needed for MediaPipe files only (MediaPipe reads the model from the APK's assets). */
+        fun open(file: ModelFile, path: File, threads: Int = 2, context: Context? = null): ModelRunner = when (file.runtime) {
             ManifestValues.RUNTIME_EXECUTORCH -> ExecuTorchRunner(file, path)
             ManifestValues.RUNTIME_LITERT -> LiteRtRunner(file, path, threads)
+            ManifestValues.RUNTIME_MEDIAPIPE -> MediaPipeRunner(file,
+                context ?: throw IllegalArgumentException("${file.path}: MediaPipe needs an Android Context"))
             else -> throw IllegalArgumentException("${file.path}: unknown runtime '${file.runtime}'")
         }
     }
