@@ -95,6 +95,7 @@ def lower_tflite(
     log: Callable[[str], None] = print,
     stop: threading.Event | None = None,
     on_torch_done: Callable[[], None] | None = None,
+    shapes: str = "static",
 ) -> list[Artifact]:
     """Write and verify `<name>.fp32.tflite` and `<name>.int8.tflite` in `workdir`; return their Artifacts.
 
@@ -103,6 +104,10 @@ def lower_tflite(
     over, so the caller can start its own torch work only then; what follows is the onnx2tf subprocess and
     LiteRT runs. Setting `stop` kills the converter subprocess and ends the stage with a PipelineError.
     """
+    dynamic = shapes == "dynamic"
+    if dynamic and config.converter != "onnx2tf":
+        raise PipelineError(f'[build] shapes = "dynamic" needs the onnx2tf converter (litert-torch\'s dynamic shapes '
+                            f'are reported broken for ALBERT, litert-torch issue 870); use shapes = "static"')
     if config.converter not in CONVERTERS:
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
@@ -125,10 +130,10 @@ def lower_tflite(
 
     input_names = list(INPUT_ORDER if use_token_type_ids else INPUT_ORDER[:2])
     torch_done = on_torch_done or (lambda: None)
-    reference = _reference_logits(model.export_model, check, input_names)
+    reference = _reference_logits(model.export_model, check, input_names, dynamic)
     if config.converter == "onnx2tf":
         made, onnx_path, extra = _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log,
-                                                  stop, torch_done)
+                                                  stop, torch_done, dynamic)
         details = {"converter": "onnx2tf", "onnx_opset": ONNX_OPSET, **extra,
                    "tool_versions": _tool_versions("onnx2tf")}
     else:
@@ -141,7 +146,7 @@ def lower_tflite(
     checked = {}
     for precision, produced in made.items():
         final = finals[precision]
-        metrics = _check_file(produced, final.name, precision, check, reference, input_names)
+        metrics = _check_file(produced, final.name, precision, check, reference, input_names, dynamic)
         log(
             f"  {final.name}: max|err| {metrics['max_abs_error']:.3g}, cosine {metrics['cosine']:.6f}, "
             f"top-1 {metrics['top1_agreement']:.3f}, {metrics['bytes']} bytes"
@@ -150,7 +155,7 @@ def lower_tflite(
         if failure:
             where = ""
             if onnx_path is not None:
-                where = "; " + _diagnose(onnx_path, produced, check, input_names, precision)
+                where = "; " + _diagnose(onnx_path, produced, check, input_names, precision, dynamic)
             _reject(produced)
             what = "the converter wrote a wrong file" if precision == "fp32" else "int8 drift beyond the sanity bound"
             raise PipelineError(f"{failure}: {what}{where}; rejected (files kept in the {scratch.name} scratch folder)", final)
@@ -187,6 +192,7 @@ def lower_tflite(
                     "bytes": metrics["bytes"],
                     "size_limit_bytes": limit,
                     "max_length": max_length,
+                    "shapes": shapes,
                 },
             )
         )
@@ -203,21 +209,25 @@ def size_limit(model: LoadedModel, precision: str) -> int:
 # --- reference and checks -------------------------------------------------------------------------------
 
 
-def _rows(encoded: Encoded, input_names: list[str]) -> list[dict[str, np.ndarray]]:
-    return [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
+def _rows(encoded: Encoded, input_names: list[str], dynamic: bool = False) -> list[dict[str, np.ndarray]]:
+    """Rows as the file takes them: [1, max_length], or cut after their last real token (`dynamic`)."""
+    from pipeline.shapes import trim
+
+    rows = [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
+    return [trim(row) for row in rows] if dynamic else rows
 
 
-def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list[str]) -> np.ndarray:
+def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list[str], dynamic: bool = False) -> np.ndarray:
     outs = []
     with torch.no_grad():
-        for row in _rows(check, input_names):
+        for row in _rows(check, input_names, dynamic):
             args = [torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names]
             outs.append(export_model(*args).numpy().astype(np.float32))
     return np.concatenate(outs)
 
 
 def _check_file(path: Path, label: str, precision: str, check: Encoded, reference: np.ndarray,
-                input_names: list[str]) -> dict[str, Any]:
+                input_names: list[str], dynamic: bool = False) -> dict[str, Any]:
     from pipeline.runtimes import LiteRTRunner
 
     runner = LiteRTRunner(path, num_threads=2)
@@ -225,7 +235,7 @@ def _check_file(path: Path, label: str, precision: str, check: Encoded, referenc
     if missing:
         raise PipelineError(f"the .tflite has inputs {missing} that the model does not take", label)
     try:
-        got = np.concatenate([runner.run(row).reshape(1, -1) for row in _rows(check, input_names)])
+        got = np.concatenate([runner.run(row).reshape(1, -1) for row in _rows(check, input_names, dynamic)])
     except PipelineError:
         raise
     except Exception as err:
@@ -364,22 +374,30 @@ class _Int8GatherEmbeddings(nn.Module):
 
 
 class _Exported(nn.Module):
-    """The export model with the ONNX graph's argument list (2 or 3 inputs)."""
+    """The export model with the ONNX graph's argument list (2 or 3 inputs). `flat`: its 2-D batch-1 form
+    (`ExportAlbert.classify_flat`), the graph onnx2tf converts with a dynamic sequence axis."""
 
-    def __init__(self, model: nn.Module, three_inputs: bool):
+    def __init__(self, model: nn.Module, three_inputs: bool, flat: bool = False):
         super().__init__()
         self.model = model
         self.three_inputs = three_inputs
+        self.flat = flat
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.model(input_ids, attention_mask, token_type_ids if self.three_inputs else None)
+        types = token_type_ids if self.three_inputs else None
+        if self.flat:
+            return self.model.classify_flat(input_ids, attention_mask, types)
+        return self.model(input_ids, attention_mask, types)
 
 
-def _export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: list[str], sample: dict) -> None:
+def _export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: list[str], sample: dict,
+                 dynamic: bool = False) -> None:
+    """`dynamic`: the sequence axis of every input is dynamic (`classify_flat`: 2-D hidden states, position
+    ids from a cumsum of the inputs, so no table is sliced to a fixed length)."""
     export_model = model.export_model.eval()
     body = export_model.albert
     original = body.embeddings
-    if not _FOLD_EMBEDDING_CONSTANTS:
+    if not _FOLD_EMBEDDING_CONSTANTS and not dynamic:
         body.embeddings = _GatherEmbeddings(original, max_length)
     # exact GELU exports as ONNX Erf, which TFLite has no builtin for: use the polynomial form instead
     layers = [layer for group in body.encoder.albert_layer_groups for layer in group.albert_layers]
@@ -394,11 +412,12 @@ def _export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: l
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Exported(export_model, len(input_names) == 3),
+                _Exported(export_model, len(input_names) == 3, flat=dynamic),
                 args,
                 str(path),
                 input_names=input_names,
                 output_names=["logits"],
+                dynamic_axes={n: {1: "sequence"} for n in input_names} if dynamic else None,
                 opset_version=ONNX_OPSET,
                 do_constant_folding=True,
                 dynamo=False,  # the TorchScript exporter keeps shared weights as one initializer
@@ -492,11 +511,16 @@ def _slim(path: Path) -> None:
     onnx.save(slimmed, str(path))
 
 
-def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log, stop=None, torch_done=None):
+def _convert_onnx2tf(model, config, max_length, scratch, calibration, input_names, log, stop=None, torch_done=None,
+                     dynamic=False):
+    from pipeline.shapes import trim
+
     onnx_path = scratch / "model.onnx"
     sample = (calibration if len(calibration) else _dummy(max_length)).row(0)
+    if dynamic:
+        sample = trim(sample)
     started = time.perf_counter()
-    _export_onnx(model, max_length, onnx_path, input_names, sample)
+    _export_onnx(model, max_length, onnx_path, input_names, sample, dynamic)
     merged = _dedupe_initializers(onnx_path)
     _promote_scalar_constants(onnx_path)
     if _USE_ONNXSLIM:
@@ -668,9 +692,11 @@ def _worker(job_path: str) -> None:
 # --- naming the first diverging op ---------------------------------------------------------------------
 
 
-def _diagnose(onnx_path: Path, tflite_path: Path, check: Encoded, input_names: list[str], precision: str) -> str:
+def _diagnose(onnx_path: Path, tflite_path: Path, check: Encoded, input_names: list[str], precision: str,
+              dynamic: bool = False) -> str:
     try:
-        found = _first_diverging_op(onnx_path, tflite_path, _rows(check, input_names)[0], DIAGNOSE_RTOL[precision])
+        found = _first_diverging_op(onnx_path, tflite_path, _rows(check, input_names, dynamic)[0],
+                                    DIAGNOSE_RTOL[precision])
     except Exception as err:  # the diagnosis must never hide the failure it explains
         return f"first diverging op unknown (diagnosis failed: {type(err).__name__}: {err})"
     if found is None:
