@@ -28,6 +28,7 @@ from pipeline.errors import DriftError, PipelineError
 from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
 from pipeline.report import drift_table, write_reports
+from pipeline.shapes import ShapeContract, check_shapes
 from pipeline.stages import bundle as bundle_stage
 from pipeline.stages.trace import reference_logits, trace
 from pipeline.numerics import ArtifactResult, compare, check_thresholds, run_artifact
@@ -147,6 +148,8 @@ def lower_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, 
     b = config.build
     versions = tool_versions()
     base_key = [model.source_sha256, b.max_length, versions, b.name]
+    if b.shapes != "static":  # [varlen] static keys stay as they were (cached static files stay valid)
+        base_key.append(check_shapes(b.shapes))
     calibration_key = content_key(calibration.input_ids.tolist()[: config.quantize.calibration_samples])
     artifacts: list[Artifact] = []
     traced = None
@@ -155,7 +158,7 @@ def lower_all(config: PipelineConfig, model: LoadedModel, calibration: Encoded, 
         nonlocal traced
         if traced is None:
             with timer("trace"):
-                traced = trace(model, check)
+                traced = trace(model, check, shapes=b.shapes)  # [varlen]
                 log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {len(check)} rows")
         return traced
 
@@ -210,13 +213,14 @@ def lower_executorch_all(config: PipelineConfig, model: LoadedModel, calibration
         t = traced_model()
         if precision == "fp32":
             with timer(f"lower {name}"):
-                artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels)
+                artifact = lower_executorch(t.exported, workdir / name, "fp32", t.input_names, model.spec.num_labels,
+                                            dynamic=t.dynamic)
         elif precision == "int8":
             with timer(f"quantize {name}"):
                 quantized = quantize(model, t, calibration, config.quantize)
             with timer(f"lower {name}"):
                 artifact = lower_executorch(quantized.exported, workdir / name, "int8", t.input_names,
-                                            model.spec.num_labels)
+                                            model.spec.num_labels, dynamic=t.dynamic)
             artifact.details["quantization"] = quantized.settings
         else:
             raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
@@ -251,7 +255,7 @@ class TFLiteInBackground:
                 with timer("lower tflite"):
                     self._outcome.append(lower_tflite(model, config.tflite, b.max_length, workdir, calibration, check,
                                                       name=b.name, log=log, stop=self._stop,
-                                                      on_torch_done=torch_done.set))
+                                                      on_torch_done=torch_done.set, shapes=b.shapes))
             except BaseException as err:  # handed to the caller's thread by result()
                 self._outcome.append(err)
             finally:
@@ -292,9 +296,19 @@ def check_size(artifact: Artifact, model: LoadedModel) -> None:
 
 
 def validate_cached(artifacts: list[Artifact], evaluation: Encoded, reference: np.ndarray, labels, config: PipelineConfig,
-                    cache: StageCache, timer: StageTimer, log: Log) -> list[ArtifactResult]:
-    """Run every artifact on the eval rows (runtime outputs cached by artifact hash + eval data) and gate it."""
+                    cache: StageCache, timer: StageTimer, log: Log, model: LoadedModel | None = None) -> list[ArtifactResult]:
+    """Run every artifact on the eval rows (runtime outputs cached by artifact hash + eval data) and gate it.
+
+    [varlen] Dynamic artifacts run each eval text at its own length (unpadded); with `model`, every artifact also
+    runs the length sweep (1, 2, 37, max_length) against the float reference, and its drift per length band is
+    recorded in its details (`length_drift`) and gated with the same max_abs_error limit."""
     from pipeline.data import sha256_file
+    from pipeline.shapes import eval_rows, length_drift, run_sweep, sweep_reference, sweep_rows
+
+    lengths = evaluation.attention_mask.astype(bool)
+    lengths = np.where(lengths.any(1), lengths.shape[1] - np.argmax(lengths[:, ::-1], axis=1), 1)
+    sweep = sweep_rows(model.tokenizer, config.build.max_length) if model is not None else []
+    sweep_expected = sweep_reference(model, sweep) if sweep else None
 
     eval_key = content_key(evaluation.input_ids.tolist())
     results = []
@@ -306,13 +320,22 @@ def validate_cached(artifacts: list[Artifact], evaluation: Encoded, reference: n
                 logits = np.load(hit[0] / "logits.npy")
                 latencies = hit[1]["latencies"]
             else:
-                logits, latencies = run_artifact(artifact, evaluation)
+                logits, latencies = run_artifact(artifact, eval_rows(evaluation, artifact.details.get("shapes") == "dynamic"))
                 with tempfile.TemporaryDirectory() as tmp:
                     np.save(Path(tmp) / "logits.npy", logits)
                     cache.put("outputs", key, {"logits.npy": Path(tmp) / "logits.npy"}, {"latencies": latencies})
             metrics = compare(logits, reference, labels, latencies)
             limits = config.thresholds.for_artifact(artifact.file_name, artifact.precision)
-            result = ArtifactResult(artifact, metrics, limits, check_thresholds(artifact.file_name, metrics, limits), logits)
+            failures = check_thresholds(artifact.file_name, metrics, limits)
+            if sweep:  # [varlen] the length sweep, gated like the eval rows
+                from pipeline.runtimes import open_runner
+
+                runner = open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs])
+                found = run_sweep(runner, sweep, sweep_expected)
+                artifact.details["length_drift"] = length_drift(lengths, logits, reference, found)
+                failures += [f"{artifact.file_name}: max_abs_error {e:.4g} at length {n} > limit {limits.max_abs_error:.4g}"
+                             for n, e in found.items() if not e <= limits.max_abs_error]
+            result = ArtifactResult(artifact, metrics, limits, failures, logits)
             results.append(result)
             log(f"  {artifact.file_name}: {'PASS' if result.passed else 'FAIL'}"
                 + ("" if result.passed else " — " + "; ".join(result.failures)))
@@ -354,7 +377,7 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
         workdir = Path(tempfile.mkdtemp(dir=out_root.resolve(), prefix=f".{b.target}-work-{os.getpid()}-"))
         try:
             artifacts = lower_all(config, model, calibration, check, workdir, cache, timer, log)
-            results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log)
+            results = validate_cached(artifacts, evaluation, reference, eval_texts.labels, config, cache, timer, log, model)
             for line in drift_table(results):
                 log(line)
             failures = [f for r in results for f in r.failures]
@@ -365,7 +388,8 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                 log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
                 raise DriftError(failures)
             with timer("bundle"):
-                extra = {"stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
+                extra = {"shape_contract": ShapeContract(b.shapes, b.max_length).to_manifest(),  # [varlen]
+                         "stage_seconds": timer.timings, "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
                          "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
                          "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
                 final = bundle_stage.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts,

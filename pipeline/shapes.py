@@ -106,3 +106,46 @@ def band(length: int) -> str:
         if low <= length <= high:
             return f"{low}-{high}"
     return f">{BANDS[-1][1]}"
+
+
+def eval_rows(encoded, dynamic: bool) -> list[dict[str, np.ndarray]]:
+    """The eval rows as apps feed them: cut to their own lengths (dynamic) or padded to max_length (static)."""
+    rows = [encoded.row(i) for i in range(len(encoded))]
+    return [trim(r) for r in rows] if dynamic else rows
+
+
+def sweep_reference(model, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """The float reference (HF eager, or the export model when it is the reference) on each sweep row."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for row in rows:
+            t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in row.items()}
+            if model.reference is model.export_model:
+                out = model.reference(t["input_ids"], t["attention_mask"], t["token_type_ids"])
+            else:
+                out = model.reference(**t).logits
+            outs.append(out.numpy().reshape(1, -1))
+    return np.concatenate(outs).astype(np.float32)
+
+
+def length_drift(lengths: np.ndarray, logits: np.ndarray, reference: np.ndarray, sweep: dict[int, float]) -> dict:
+    """Drift per length band on the eval texts (max and mean abs logit error, rows) and per sweep length."""
+    error = np.abs(np.asarray(logits, dtype=np.float64) - reference).max(axis=1)
+    bands = {}
+    for low, high in BANDS:
+        rows = (lengths >= low) & (lengths <= high)
+        if rows.any():
+            bands[f"{low}-{high}"] = {"rows": int(rows.sum()), "max_abs_error": float(error[rows].max()),
+                                      "mean_abs_error": float(error[rows].mean())}
+    return {"bands": bands, "sweep_max_abs_error": {str(k): v for k, v in sorted(sweep.items())}}
+
+
+def run_sweep(runner, rows: list[dict[str, np.ndarray]], reference: np.ndarray) -> dict[int, float]:
+    """Max abs logit error of `runner` at each sweep length."""
+    found = {}
+    for row, expected in zip(rows, reference):
+        got = np.asarray(runner.run(row), dtype=np.float64).reshape(-1)
+        found[int(row["input_ids"].shape[1])] = float(np.abs(got - expected).max())
+    return found

@@ -42,6 +42,7 @@ def lower_executorch(
     precision: str,
     input_names: list[str],
     num_labels: int,
+    dynamic: bool = False,
 ) -> Artifact:
     """to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch -> out_path."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -58,11 +59,13 @@ def lower_executorch(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(program.buffer)
     shape = list(exported.example_inputs[0][0].shape)
+    if dynamic:
+        shape[-1] = -1  # any length 1..max_length (memory planned for max_length)
     return Artifact(
         path=out_path,
         runtime="executorch",
         precision=precision,
         inputs=[TensorSpec(name, shape, "int64") for name in input_names],
         outputs=[TensorSpec("logits", [1, num_labels], "float32")],
-        details={"backend": "xnnpack", "delegation": report},
+        details={"backend": "xnnpack", "delegation": report, "shapes": "dynamic" if dynamic else "static"},
     )

@@ -117,7 +117,7 @@ def lower_tflite(
     if config.quant == "static" and len(calibration) == 0:
         raise PipelineError("static int8 needs calibration rows, got none")
     for rows, what in ((check, "check"), (calibration, "calibration")):
-        if len(rows) and rows.input_ids.shape[1] != max_length:
+        if len(rows) and rows.input_ids.shape[1] != max_length:  # padded rows; dynamic files get them trimmed
             raise PipelineError(f"{what} rows have length {rows.input_ids.shape[1]}, expected max_length {max_length}")
     workdir = Path(workdir).resolve()  # the onnx2tf worker runs in another cwd
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +145,10 @@ def lower_tflite(
     # Every file is checked before any is moved to its final name: a failed build leaves no .tflite behind.
     checked = {}
     for precision, produced in made.items():
+        if dynamic:  # the longest input the file was validated for: LiteRTRunner refuses longer ones
+            from pipeline.runtimes.litert import write_tflite_max_length
+
+            write_tflite_max_length(produced, max_length)
         final = finals[precision]
         metrics = _check_file(produced, final.name, precision, check, reference, input_names, dynamic)
         log(
@@ -295,7 +299,8 @@ def _signature_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     runner = interpreter.get_signature_runner()
 
     def specs(details: dict[str, dict]) -> list[TensorSpec]:
-        return [TensorSpec(n, [int(s) for s in d["shape"]], np.dtype(d["dtype"]).name) for n, d in details.items()]
+        return [TensorSpec(n, [int(s) for s in d.get("shape_signature", d["shape"])], np.dtype(d["dtype"]).name)
+                for n, d in details.items()]
 
     return specs(runner.get_input_details()), specs(runner.get_output_details())
 
