@@ -37,7 +37,7 @@ final class DemoModel: ObservableObject {
             let runner = try runners[file.path] ?? Runners.open(file, in: bundle)
             runners[file.path] = runner
             let start = DispatchTime.now().uptimeNanoseconds
-            let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength)
+            let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength, pad: !bundle.dynamicLength)
             let tokenized = DispatchTime.now().uptimeNanoseconds
             let logits = try runner.run(encoding)
             let done = DispatchTime.now().uptimeNanoseconds

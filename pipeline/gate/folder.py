@@ -126,7 +126,11 @@ def load_calibration(manifest: dict, calibration_data: str | None, label_names: 
 def run_one(artifact: Artifact, encoded: Encoded, reference: np.ndarray, labels, thresholds: ThresholdConfig,
             log: Log) -> ArtifactResult:
     try:
-        logits, latencies = run_artifact(artifact, encoded)
+        from pipeline.shapes import eval_rows
+
+        # a dynamic file runs each text at its own length, as apps feed it (its inputs declare [1, -1])
+        dynamic = any(-1 in t.shape for t in artifact.inputs)
+        logits, latencies = run_artifact(artifact, eval_rows(encoded, dynamic))
     except PipelineError:
         raise
     except Exception as err:  # a runtime that loads the file but cannot run it is an unusable artifact

@@ -95,7 +95,7 @@ class MainActivity : Activity() {
         worker.execute {
             val current = runner ?: return@execute
             val t0 = SystemClock.elapsedRealtimeNanos()
-            val encoding = tokenizer.encode(text, bundle.tokenizerMaxLength)
+            val encoding = tokenizer.encode(text, bundle.tokenizerMaxLength, pad = !bundle.dynamicLength)
             val t1 = SystemClock.elapsedRealtimeNanos()
             val logits = current.run(encoding)
             val t2 = SystemClock.elapsedRealtimeNanos()
