@@ -37,10 +37,11 @@ def model(tmp_path_factory):
     from tiny import write_tiny_albert
 
     loaded = load_checkpoint(write_tiny_albert(tmp_path_factory.mktemp("varlen") / "m", hidden_size=32), MAX)
-    with torch.no_grad():  # peaked attention: logits that depend on the text (see test_tflite.SHARPEN)
-        for module in loaded.export_model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(4.0)
+    with torch.no_grad():  # peaked attention: logits that depend on the text (see test_tflite.SHARPEN); the
+        for model in (loaded.export_model, loaded.reference):  # reference too: trace compares the two
+            for module in model.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.mul_(4.0)
     return loaded
 
 
