@@ -27,6 +27,7 @@ from pipeline.errors import DriftError, PipelineError
 from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
 from pipeline.report import drift_table, write_reports
+from pipeline.shapes import ShapeContract, check_shapes
 from pipeline.stage import Context, StageTimer, run_cached
 from pipeline.tokenization import Encoded, clean_text, encode
 
@@ -65,20 +66,22 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
             reference = run_cached(reference_stage(model, evaluation), ctx)
             if eval_texts.labels is not None:
                 log(f"  float reference accuracy {float((reference.argmax(1) == eval_texts.labels).mean()):.4f}")
-            traced = functools.cache(lambda: traced_logged(trace(model, check), ctx))
+            shapes = check_shapes(b.shapes)
+            traced = functools.cache(lambda: traced_logged(trace(model, check, shapes=shapes), ctx))
             artifacts: list[Artifact] = []
             with in_background(lambda stop, torch_done: run_cached(tflite_stage(
-                    model, config.tflite, b.max_length, workdir, calibration, check, b.name, log, stop, torch_done), ctx),
+                    model, config.tflite, b.max_length, workdir, calibration, check, b.name, log, stop, torch_done,
+                    shapes), ctx),
                     enabled="litert" in b.runtimes) as tflite:
                 if "executorch" in b.runtimes:
                     for precision in b.precisions:
                         artifacts += run_cached(executorch_stage(model, precision, config.quantize, calibration, traced,
-                                                                 workdir, b.name, b.max_length), ctx)
+                                                                 workdir, b.name, b.max_length, shapes), ctx)
                 artifacts += [a for a in tflite.result() if a.precision.split("-")[0] in b.precisions]
             if not artifacts:
                 raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
             with timer("validate"):
-                results = validate(artifacts, evaluation, reference, eval_texts.labels, config.thresholds, ctx)
+                results = validate(artifacts, evaluation, reference, eval_texts.labels, config.thresholds, ctx, model)
             drift = None
             if b.mediapipe and any(a.runtime == "litert" for a in artifacts):
                 with timer("mediapipe"):
@@ -97,7 +100,8 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
                 log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
                 raise DriftError(failures)
             with timer("bundle"):
-                extra = {"stage_seconds": timer.timings,
+                extra = {"shape_contract": ShapeContract(shapes, b.max_length).to_manifest(),
+                         "stage_seconds": timer.timings,
                          "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
                          "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
                          "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}

@@ -49,7 +49,9 @@ def _add_build(sub) -> None:
     p.add_argument("--target", default="android", help="android, ios or all (default: android)")
     p.add_argument("--model", dest="model_dir", help="local Hugging Face ALBERT checkpoint dir (default: the embedded model)")
     p.add_argument("--out", dest="out_dir", help="artifacts root; a target's files go to <out>/<target>/ (default: artifacts)")
-    p.add_argument("--max-length", type=int, help="static sequence length of the artifacts (default: 128)")
+    p.add_argument("--max-length", type=int, help="longest input of the artifacts (default: 128)")
+    p.add_argument("--shapes", choices=["dynamic", "static"],
+                   help="dynamic: any length 1..max-length unpadded (default); static: exactly [1, max-length]")
     p.add_argument("--config", help="TOML config file (sections: build, quantize, tflite, thresholds)")
     p.add_argument("--calibration-data", help="CSV/JSONL with a text column, for int8 calibration")
     p.add_argument("--eval-data", help="CSV/JSONL with text (and label) columns, for validation")
@@ -214,6 +216,8 @@ def run_compress(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _override(config.build, args, ["model_dir", "out_dir", "max_length", "calibration_data", "eval_data", "eval_limit"])
+    if args.shapes:
+        config.build.shapes = args.shapes
     if args.tflite_converter:
         config.tflite.converter = args.tflite_converter
     if args.tflite_quant:

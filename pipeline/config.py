@@ -90,6 +90,9 @@ class BuildConfig:
     model_dir: str | None = None  # None: the embedded default (pipeline/assets/default_model)
     out_dir: str = "artifacts"
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2})  # upper bound: the model's position table
+    # "dynamic": every artifact takes any length 1..max_length unpadded (a bounded dynamic dimension in both
+    # runtimes); "static": exactly [1, max_length], padded (see pipeline/shapes.py and the README).
+    shapes: str = "dynamic"
     name: str = "albert"
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"])

@@ -109,6 +109,7 @@ def write_fixture_bundle(out: Path, target: str) -> Path:
         })
     golden = {
         "max_length": 128,
+        "padding": "max_length",
         "tolerance": {f["path"]: 1e-4 if f["precision"] == "fp32" else 0.05 for f in files},
         "cases": [{"text": "great coffee", "input_ids": ids, "attention_mask": mask, "token_type_ids": [0] * 128,
                    "expected": {f["path"]: [1.5, -1.5] for f in files}}],
@@ -120,6 +121,8 @@ def write_fixture_bundle(out: Path, target: str) -> Path:
         "model": {"name": "albert", "params": 1234567, "source_sha256": "0" * 64, "max_length": 128, "num_labels": 2},
         "tokenizer": {"kind": "wordpiece", "file": "tokenizer.json", "max_length": 128, "lowercase": True},
         "labels": "labels.json", "golden": "golden.json", "versions": {"executorch": "1.5.1"},
+        "shape_contract": {"shapes": "static", "min_length": 128, "max_length": 128, "buckets": [],
+                           "padding": "pad to max_length"},
         "files": files,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

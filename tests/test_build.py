@@ -13,8 +13,12 @@ from pipeline.runtimes import open_runner
 # Ops allowed outside the XNNPACK delegate in the fp32 .pte, and why:
 #   aten_embedding_default: XNNPACK has no gather (word and token-type lookups);
 #   dim_order_ops__to_dim_order_copy_default: the int64 -> float cast of the attention mask, before the delegate;
-#   getitem: tuple plumbing of delegate outputs, no compute.
-FP32_UNDELEGATED_ALLOWED = {"aten_embedding_default", "dim_order_ops__to_dim_order_copy_default", "getitem"}
+#   getitem: tuple plumbing of delegate outputs, no compute;
+#   with the default dynamic length: aten_slice_copy_tensor (the first S rows of the position table and of the
+#   constant [CLS] selector: XNNPACK refuses slices of a symbolic size; S x E floats copied before the delegate)
+#   and sym_size (reading S).
+FP32_UNDELEGATED_ALLOWED = {"aten_embedding_default", "dim_order_ops__to_dim_order_copy_default", "getitem",
+                            "aten_slice_copy_tensor", "sym_size"}
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +46,11 @@ def test_manifest_has_the_contract_fields(manifest, tiny_build):
         assert entry["passed"] is True
         for tensor in entry["inputs"]:
             assert set(tensor) == {"name", "shape", "dtype"}
+    assert manifest["shape_contract"] == {"shapes": "dynamic", "min_length": 1, "max_length": 32, "buckets": [],
+                                          "padding": manifest["shape_contract"]["padding"]}
+    for entry in model_files(manifest):  # every file: any length 1..32 (-1), its drift per length recorded
+        assert [t["shape"] for t in entry["inputs"]] == [[1, -1]] * len(entry["inputs"]), entry["path"]
+        assert set(entry["details"]["length_drift"]["sweep_max_abs_error"]) == {"1", "2", "32"}, entry["path"]
     pte = {(f["precision"]) for f in model_files(manifest) if f["runtime"] == "executorch"}
     assert pte == {"fp32", "int8"}
     for name in ("labels.json", "golden.json", "report.md", "tokenizer.json"):

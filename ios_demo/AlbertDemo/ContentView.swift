@@ -47,7 +47,7 @@ final class DemoModel: ObservableObject {
                 latency = String(format: "normalize %.2f ms · classify(text) %.2f ms",
                                  Double(normalized - start) / 1e6, Double(done - normalized) / 1e6)
             } else {
-                let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength)
+                let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength, pad: !bundle.dynamicLength)
                 let tokenized = DispatchTime.now().uptimeNanoseconds
                 let logits = try runner.run(encoding)
                 let done = DispatchTime.now().uptimeNanoseconds

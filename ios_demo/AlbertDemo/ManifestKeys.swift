@@ -20,6 +20,7 @@ enum ManifestKeys {
     static let tokenizerKind = "tokenizer.kind"
     static let tokenizerFile = "tokenizer.file"
     static let tokenizerMaxLength = "tokenizer.max_length"
+    static let shapes = "shape_contract.shapes"
     static let labels = "labels"
     static let golden = "golden"
     static let files = "files"
@@ -50,6 +51,7 @@ enum ManifestAssetKeys {
 /// Key paths inside golden.json (the self-check vectors).
 enum GoldenKeys {
     static let maxLength = "max_length"
+    static let padding = "padding"
     static let tolerance = "tolerance"
     static let cases = "cases"
     static let caseText = "cases[].text"
@@ -65,6 +67,8 @@ enum ManifestValues {
     static let runtimeLiteRT = "litert"
     /// A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out.
     static let runtimeMediaPipe = "mediapipe"
+    static let shapesDynamic = "dynamic"
+    static let paddingNone = "none"
     static let dtypeInt64 = "int64"
     static let dtypeInt32 = "int32"
     static let dtypeFloat32 = "float32"

@@ -85,6 +85,8 @@ struct ModelBundle {
     let tokenizerKind: String
     let tokenizerFile: String
     let tokenizerMaxLength: Int
+    /// Dynamic shape contract: feed exactly the tokens of a text (any length 1...maxLength), no padding.
+    let dynamicLength: Bool
     let labels: [String]
     let goldenFile: String
     let files: [ModelFile]
@@ -109,6 +111,7 @@ struct ModelBundle {
         tokenizerKind = try JSONPath.string(manifest, ManifestKeys.tokenizerKind)
         tokenizerFile = try JSONPath.string(manifest, ManifestAssetKeys.tokenizerFile)
         tokenizerMaxLength = try JSONPath.int(manifest, ManifestKeys.tokenizerMaxLength)
+        dynamicLength = try JSONPath.string(manifest, ManifestKeys.shapes) == ManifestValues.shapesDynamic
         let labelsFile = try JSONPath.string(manifest, ManifestAssetKeys.labels)
         guard let names = try ModelBundle.readJSON(directory.appendingPathComponent(labelsFile)) as? [Any] else {
             throw BundleError.invalid("\(labelsFile) is not a JSON list")

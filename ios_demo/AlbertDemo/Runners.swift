@@ -44,6 +44,15 @@ enum Runners {
         }
     }
 
+    /// The manifest's shape with its dynamic dim (-1: any length up to max_length) set to this input's length.
+    static func shape(_ spec: TensorSpec, count: Int) throws -> [Int] {
+        let shape = spec.shape.map { $0 == -1 ? count : $0 }
+        guard shape.reduce(1, *) == count else {
+            throw BundleError.invalid("input '\(spec.name)' has \(count) values, its shape \(spec.shape) takes another count")
+        }
+        return shape
+    }
+
     static func values(_ spec: TensorSpec, _ encoding: Encoding) throws -> [Int] {
         guard let values = encoding.values(spec.canonicalName) else {
             throw BundleError.invalid("model input '\(spec.name)' is not one the tokenizer produces")
@@ -67,11 +76,12 @@ final class ExecuTorchRunner: ModelRunner {
         var inputs: [Value] = []
         for spec in file.inputs {
             let values = try Runners.values(spec, encoding)
+            let shape = try Runners.shape(spec, count: values.count)
             switch spec.dtype {
             case ManifestValues.dtypeInt64:
-                inputs.append(Value(Tensor<Int64>(values.map { Int64($0) }, shape: spec.shape)))
+                inputs.append(Value(Tensor<Int64>(values.map { Int64($0) }, shape: shape)))
             case ManifestValues.dtypeInt32:
-                inputs.append(Value(Tensor<Int32>(values.map { Int32($0) }, shape: spec.shape)))
+                inputs.append(Value(Tensor<Int32>(values.map { Int32($0) }, shape: shape)))
             default:
                 throw BundleError.invalid("\(file.path): input dtype \(spec.dtype) not supported")
             }
@@ -106,6 +116,15 @@ final class LiteRTRunner: ModelRunner {
     }
 
     func run(_ encoding: Encoding) throws -> [Float] {
+        var resized = false
+        for (spec, index) in inputIndex {  // a dynamic-length file (shape_signature [1, -1]) takes this text's length
+            let shape = try Runners.shape(spec, count: try Runners.values(spec, encoding).count)
+            if try interpreter.input(at: index).shape.dimensions != shape {
+                try interpreter.resizeInput(at: index, to: TensorFlowLite.Tensor.Shape(shape))
+                resized = true
+            }
+        }
+        if resized { try interpreter.allocateTensors() }
         for (spec, index) in inputIndex {
             let values = try Runners.values(spec, encoding)
             let data: Data

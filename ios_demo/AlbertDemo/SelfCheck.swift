@@ -18,9 +18,11 @@ struct SelfCheck {
         do {
             let golden = try ModelBundle.readJSON(bundle.url(bundle.goldenFile))
             let maxLength = try JSONPath.int(golden, GoldenKeys.maxLength)
+            // "none": golden ids are exactly each text's tokens (dynamic files); else padded to maxLength
+            let pad = (try? JSONPath.string(golden, GoldenKeys.padding)) != ManifestValues.paddingNone
             let tolerance = (try JSONPath.get(golden, GoldenKeys.tolerance) as? [String: Any]) ?? [:]
             let cases = try JSONPath.list(golden, GoldenKeys.cases)
-            var results = [try checkTokenizer(cases, maxLength: maxLength)]
+            var results = [try checkTokenizer(cases, maxLength: maxLength, pad: pad)]
             for file in bundle.files {
                 do {
                     let runner = try Runners.open(file, in: bundle)
@@ -35,11 +37,11 @@ struct SelfCheck {
         }
     }
 
-    private func checkTokenizer(_ cases: [Any], maxLength: Int) throws -> CheckResult {
+    private func checkTokenizer(_ cases: [Any], maxLength: Int, pad: Bool) throws -> CheckResult {
         var differing: [String] = []
         for item in cases {
             let text = try JSONPath.string(item, JSONPath.leaf(GoldenKeys.caseText))
-            let encoding = tokenizer.encode(text, maxLength: maxLength)
+            let encoding = tokenizer.encode(text, maxLength: maxLength, pad: pad)
             let same = try encoding.inputIds == JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseInputIds))
                 && encoding.attentionMask == JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseAttentionMask))
                 && encoding.tokenTypeIds == JSONPath.ints(item, JSONPath.leaf(GoldenKeys.caseTokenTypeIds))

@@ -32,17 +32,18 @@ final class TextTokenizer {
         return 0
     }
 
-    func encode(_ text: String, maxLength: Int) -> Encoding {
+    /// `pad`: right-padded to maxLength (static files); else exactly the tokens (dynamic files, shape [1, length]).
+    func encode(_ text: String, maxLength: Int, pad: Bool = true) -> Encoding {
         var ids = tokenizer.encode(text: text)  // with the template's special tokens
         if ids.count > maxLength, let last = ids.last {
             ids = Array(ids.prefix(maxLength - 1)) + [last]
         }
         let length = ids.count
-        let pad = max(0, maxLength - length)
+        let padding = pad ? max(0, maxLength - length) : 0
         return Encoding(
-            inputIds: ids + Array(repeating: padId, count: pad),
-            attentionMask: Array(repeating: 1, count: length) + Array(repeating: 0, count: pad),
-            tokenTypeIds: Array(repeating: 0, count: maxLength)
+            inputIds: ids + Array(repeating: padId, count: padding),
+            attentionMask: Array(repeating: 1, count: length) + Array(repeating: 0, count: padding),
+            tokenTypeIds: Array(repeating: 0, count: length + padding)
         )
     }
 }

@@ -76,13 +76,25 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return self._forward_2d(x)
         # Worked in 4-D: a mean over (-2, -1) of x[..., None] is a global average pool for XNNPACK, while
         # mean(-1) and squeeze are not delegated and would split the graph into many delegates.
         x4 = x.unsqueeze(-1)
         centred = x4 - x4.mean((-2, -1), keepdim=True)
         var = (centred * centred).mean((-2, -1), keepdim=True)
-        normed = (centred / torch.sqrt(var + self.eps)).view(x.shape)
+        normed = centred / torch.sqrt(var + self.eps)
+        # -1 for the sequence dim: XNNPACK refuses a view whose shape holds a symbolic size (dynamic length)
+        normed = normed.view(x.shape[0], -1, x.shape[-1])
         return normed * self.weight + self.bias
+
+    def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """[S, size] (the ONNX -> onnx2tf dynamic-length form): the means are matmuls with a constant 1/size
+        column, which onnx2tf converts at any S (its ReduceMean went wrong there, TOOLCHAIN.md)."""
+        average = torch.full((1, x.shape[-1]), 1.0 / x.shape[-1], dtype=x.dtype)
+        centred = x - nn.functional.linear(x, average)
+        var = nn.functional.linear(centred * centred, average)
+        return centred / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
 class TanhGELU(nn.Module):
@@ -133,7 +145,7 @@ class AlbertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         seq_len = input_ids.shape[1]
         words = self.word_embeddings(input_ids)
-        positions = self.position_embeddings.weight[:seq_len].view(1, seq_len, -1)
+        positions = self.position_embeddings.weight[:seq_len].view(1, -1, self.position_embeddings.embedding_dim)
         if token_type_ids is None:
             types = self.token_type_embeddings.weight[0:1].view(1, 1, -1)
         else:
@@ -158,7 +170,11 @@ class AlbertAttention(nn.Module):
         return x.reshape(batch * self.num_heads, seq, self.head_size)
 
     def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() == 2:
+            return self._forward_flat(hidden, additive_mask)
         batch, seq, width = hidden.shape
+        if batch == 1:
+            return self._forward_one(hidden, additive_mask)
         scale = 1.0 / math.sqrt(self.head_size)
         query = self._split_heads(self.query(hidden) * scale)
         key = self._split_heads(self.key(hidden))
@@ -168,6 +184,39 @@ class AlbertAttention(nn.Module):
         probs = torch.softmax(scores, dim=-1).view(batch * self.num_heads, seq, seq)
         context = torch.bmm(probs, value)
         context = context.view(batch, self.num_heads, seq, self.head_size).transpose(1, 2).reshape(batch, seq, width)
+        return self.LayerNorm(hidden + self.dense(context))
+
+    def _forward_one(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """Batch 1, written for a dynamic sequence length in ExecuTorch: every view names at most one
+        symbolic size (as -1), scores stay 3-D [heads, S, S], the mask is [1, 1, S] (the export's form)."""
+        width = hidden.shape[-1]
+        scale = 1.0 / math.sqrt(self.head_size)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(-1, self.num_heads, self.head_size).transpose(0, 1)  # [heads, S, hs]
+
+        query = heads(self.query(hidden) * scale)
+        key = heads(self.key(hidden))
+        value = heads(self.value(hidden))
+        scores = torch.bmm(query, key.transpose(1, 2)) + additive_mask.view(1, 1, -1)
+        context = torch.bmm(torch.softmax(scores, dim=-1), value)
+        context = context.transpose(0, 1).contiguous().view(1, -1, width)
+        return self.LayerNorm(hidden + self.dense(context))
+
+    def _forward_flat(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """Batch 1 with 2-D hidden states [S, width]: the form onnx2tf converts with a dynamic sequence axis
+        (3-D only in the batched attention core; see TOOLCHAIN.md)."""
+        width = hidden.shape[-1]
+        scale = 1.0 / math.sqrt(self.head_size)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1, self.num_heads, self.head_size).transpose(0, 1)  # [heads, S, hs]
+
+        query = heads(self.query(hidden) * scale)
+        key = heads(self.key(hidden))
+        value = heads(self.value(hidden))
+        probs = torch.softmax(torch.bmm(query, key.transpose(1, 2)) + additive_mask, dim=-1)
+        context = torch.bmm(probs, value).transpose(0, 1).reshape(-1, width)
         return self.LayerNorm(hidden + self.dense(context))
 
 
@@ -245,6 +294,9 @@ class ExportAlbert(nn.Module):
             from pipeline.model.recurrent import make_recurrent
 
             self.recurrent = make_recurrent(spec.recurrent, spec.embedding_size)
+        selector = torch.zeros(spec.max_position_embeddings)
+        selector[0] = 1.0
+        self.register_buffer("_cls_selector", selector, persistent=False)
 
     def forward(
         self,
@@ -262,13 +314,41 @@ class ExportAlbert(nn.Module):
         collect: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         batch, seq_len = input_ids.shape
-        additive_mask = (1.0 - attention_mask.to(torch.float32)).view(batch, 1, 1, seq_len) * MASK_VALUE
+        if batch == 1:  # the exported form: [1, 1, S], no view naming the (maybe symbolic) length
+            additive_mask = (1.0 - attention_mask.to(torch.float32)).view(1, 1, -1) * MASK_VALUE
+        else:
+            additive_mask = (1.0 - attention_mask.to(torch.float32)).view(batch, 1, 1, seq_len) * MASK_VALUE
         embedded = self.albert.embeddings(input_ids, token_type_ids)
         if self.recurrent is not None:
             embedded = self.recurrent(embedded)
         hidden = self.albert.encoder(embedded, additive_mask, collect)
-        pooled = torch.tanh(self.albert.pooler(hidden[:, 0:1, :]))
+        if batch == 1:
+            # [CLS] as a bmm with a one-hot selector: a slice of a dynamic-length tensor is not delegable
+            first = hidden if hidden.dim() == 3 else hidden.unsqueeze(0)
+            cls = torch.bmm(self._cls_selector[:seq_len].view(1, 1, -1), first)
+        else:
+            cls = hidden[:, 0:1, :]
+        pooled = torch.tanh(self.albert.pooler(cls))
         return self.classifier(pooled).view(batch, -1)
+
+    def classify_flat(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Batch 1 with 2-D hidden states [S, width] (the ONNX -> onnx2tf form for a dynamic length): tables read
+        by gathers whose indices come from the inputs (nothing sliced to a fixed length), 3-D only in the
+        attention core. Same values as `classify`."""
+        e = self.albert.embeddings
+        ids = input_ids.reshape(-1)
+        zeros = ids * 0
+        positions = torch.cumsum(zeros + 1, dim=0) - 1
+        types = zeros if token_type_ids is None else token_type_ids.reshape(-1)
+        embedded = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(positions) + e.token_type_embeddings(types))
+        if self.recurrent is not None:
+            embedded = self.recurrent(embedded.unsqueeze(0)).squeeze(0)
+        additive_mask = (1.0 - attention_mask.to(torch.float32)).reshape(1, 1, -1) * MASK_VALUE
+        hidden = self.albert.encoder(embedded, additive_mask)
+        pooled = torch.tanh(self.albert.pooler(hidden[0:1]))
+        return self.classifier(pooled).view(1, -1)
 
     def num_parameters(self) -> int:
         """Unique parameters (shared layers counted once)."""

@@ -25,9 +25,25 @@ class Runner:
     kind: str = ""
     input_names: list[str]
     path: Path
+    # The shape contract of the loaded file (runners that know it set these): the longest input it takes, and
+    # whether it takes exactly [1, max_length] (static: `run` pads shorter inputs) or any [1, S <= max_length].
+    max_length: int | None = None
+    static: bool | None = None
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+    def fit_length(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`inputs` as the file takes them: a length above max_length is refused with a one-line PipelineError
+        (never truncated), a shorter one padded for a static file, fed as is to a dynamic one."""
+        from pipeline.shapes import pad, too_long
+
+        length = int(np.asarray(next(iter(inputs.values()))).shape[-1])
+        if self.max_length is not None and length > self.max_length:
+            raise PipelineError(too_long(length, self.max_length), self.path)
+        if self.static and self.max_length is not None and length < self.max_length:
+            return pad(inputs, self.max_length)
+        return inputs
 
     def time_run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()

@@ -36,11 +36,29 @@ class ExecuTorchRunner(Runner):
         try:
             program = Runtime.get().load_program(Path(path))
             self._method = program.load_method("forward")
+            # sizes of a bounded dynamic input are its upper bound (what memory is planned for)
+            self.max_length = int(program.metadata("forward").input_tensor_meta(0).sizes()[-1])
         except Exception as err:
             raise PipelineError(f"ExecuTorch cannot load the program ({type(err).__name__}: {err})", path) from None
         self.input_names = list(input_names)
         self.path = Path(path)
+        self.static = None  # unknown until a shorter input is tried: a static program refuses to resize
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = {n: inputs[n] for n in self.input_names}
+        fitted = self.fit_length(inputs)
+        try:
+            return self._execute(fitted)
+        except Exception:
+            if self.static is None and next(iter(fitted.values())).shape[-1] < self.max_length:
+                # "Attempted to resize a static tensor": a static [1, max_length] program; pad from now on
+                self.static = True
+                return self._execute(self.fit_length(inputs))
+            raise
+
+    def _execute(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         args = [self._torch.from_numpy(np.ascontiguousarray(inputs[n], dtype=np.int64)) for n in self.input_names]
-        return self._method.execute(args)[0].numpy().astype(np.float32)
+        out = self._method.execute(args)[0].numpy().astype(np.float32)
+        if self.static is None and args[0].shape[-1] < self.max_length:
+            self.static = False
+        return out

@@ -23,12 +23,16 @@ class LiteRTRunner(Runner):
             raise PipelineError(f"LiteRT cannot load the model ({type(err).__name__}: {err})", path) from None
         details = self._runner.get_input_details()
         self._inputs = dict(details)
+        first = next(iter(details.values()))
+        self.static = bool(np.all(first["shape_signature"] > 0))
+        self.max_length = int(first["shape"][-1]) if self.static else tflite_max_length(path)
         self.input_names = [canonical_input_name(n) for n in details]
         self._by_canonical = {canonical_input_name(n): n for n in details}
         self._outputs = self._runner.get_output_details()
         self.path = Path(path)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = self.fit_length({c: inputs[c] for c in self._by_canonical if c in inputs} or inputs)
         feed = {}
         for canonical, name in self._by_canonical.items():
             if canonical not in inputs:
@@ -41,3 +45,42 @@ class LiteRTRunner(Runner):
             scale, zero = detail["quantization"]
             out = (out.astype(np.float32) - zero) * scale
         return out.astype(np.float32)
+
+
+MAX_LENGTH_KEY = "max_length"  # TFLite metadata entry of a dynamic-length file: its longest input, ASCII digits
+
+
+def tflite_max_length(path: Path) -> int | None:
+    """The `max_length` metadata entry of a .tflite (written by the TFLite stage for dynamic files), or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() and entry.Name().decode() == MAX_LENGTH_KEY:
+            raw = model.Buffers(entry.Buffer()).DataAsNumpy()
+            try:
+                return int(bytes(raw).decode())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def write_tflite_max_length(path: Path, max_length: int) -> None:
+    """Add (or replace) the `max_length` metadata entry of a .tflite."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(str(int(max_length)).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = MAX_LENGTH_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name)
+                      != MAX_LENGTH_KEY] + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    Path(path).write_bytes(bytes(builder.Output()))

@@ -44,21 +44,41 @@ def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
     }
 
 
+def golden_indices(encoded: Encoded, count: int) -> list[int]:
+    """`count` eval rows spread over the lengths (shortest, quantiles, longest): golden vectors cover short and
+    long texts; the first rows when all have one length."""
+    from pipeline.shapes import real_length
+
+    lengths = np.array([real_length(encoded.attention_mask[i]) for i in range(len(encoded))])
+    order = np.argsort(lengths, kind="stable")
+    if len(order) <= count or lengths.min() == lengths.max():
+        return list(range(min(count, len(encoded))))
+    picks = [int(order[round(q * (len(order) - 1))]) for q in np.linspace(0, 1, count)]
+    return sorted(dict.fromkeys(picks))
+
+
 def golden_cases(results: list[ArtifactResult], encoded: Encoded, texts: list[str], count: int) -> dict:
+    from pipeline.shapes import real_length
+
+    ids_in = [r for r in results if r.artifact.runtime != "mediapipe"]  # MediaPipe twins take text
+    dynamic = bool(ids_in) and all(r.artifact.details.get("shapes") == "dynamic" for r in ids_in)
     cases = []
-    for index in range(min(count, len(encoded))):
+    for index in golden_indices(encoded, count):
+        # dynamic files: exactly the tokens (no padding), as the apps feed them
+        n = real_length(encoded.attention_mask[index]) if dynamic else encoded.input_ids.shape[1]
         cases.append({
             "text": texts[index],
-            "input_ids": encoded.input_ids[index].tolist(),
-            "attention_mask": encoded.attention_mask[index].tolist(),
-            "token_type_ids": encoded.token_type_ids[index].tolist(),
+            "input_ids": encoded.input_ids[index, :n].tolist(),
+            "attention_mask": encoded.attention_mask[index, :n].tolist(),
+            "token_type_ids": encoded.token_type_ids[index, :n].tolist(),
             "expected": {r.artifact.file_name: np.asarray(r.logits[index], dtype=float).round(6).tolist() for r in results},
         })
     # On a phone the same file runs on other CPU kernels: allow what the artifact was allowed against float.
     tolerance = {r.artifact.file_name: max(1e-4, r.thresholds.max_abs_error) for r in results}
     # MediaPipe files take the text and give probabilities (TextClassifier.classify(text)), the others ids -> logits.
     outputs = {r.artifact.file_name: "probabilities" if r.artifact.runtime == "mediapipe" else "logits" for r in results}
-    return {"max_length": int(encoded.input_ids.shape[1]), "tolerance": tolerance, "outputs": outputs, "cases": cases}
+    return {"max_length": int(encoded.input_ids.shape[1]), "padding": "none" if dynamic else "max_length",
+            "tolerance": tolerance, "outputs": outputs, "cases": cases}
 
 
 def manifest(model: LoadedModel, target: str, max_length: int, folder: Path, results: list[ArtifactResult],

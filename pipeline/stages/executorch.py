@@ -49,6 +49,7 @@ def lower_executorch(
     precision: str,
     input_names: list[str],
     num_labels: int,
+    dynamic: bool = False,
 ) -> Artifact:
     """to_edge_transform_and_lower(XnnpackPartitioner) -> to_executorch -> out_path."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -65,18 +66,21 @@ def lower_executorch(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(program.buffer)
     shape = list(exported.example_inputs[0][0].shape)
+    if dynamic:
+        shape[-1] = -1  # any length 1..max_length (memory planned for max_length)
     return Artifact(
         path=out_path,
         runtime="executorch",
         precision=precision,
         inputs=[TensorSpec(name, shape, "int64") for name in input_names],
         outputs=[TensorSpec("logits", [1, num_labels], "float32")],
-        details={"backend": "xnnpack", "delegation": report},
+        details={"backend": "xnnpack", "delegation": report, "shapes": "dynamic" if dynamic else "static"},
     )
 
 
 def executorch_stage(model: LoadedModel, precision: str, config: QuantizeConfig, calibration: Encoded,
-                     traced: Callable[[], Traced], workdir: Path, name: str, max_length: int) -> Stage[list[Artifact]]:
+                     traced: Callable[[], Traced], workdir: Path, name: str, max_length: int,
+                     shapes: str = "static") -> Stage[list[Artifact]]:
     """`<name>.<precision>.pte`: fp32, or int8 by the quantization recipe calibrated on `calibration`."""
     if precision not in ("fp32", "int8"):
         raise PipelineError(f"unknown precision {precision!r} for ExecuTorch (fp32 or int8)")
@@ -88,13 +92,14 @@ def executorch_stage(model: LoadedModel, precision: str, config: QuantizeConfig,
 
         t = traced()
         if precision == "fp32":
-            artifact = lower_executorch(t.exported, out, "fp32", t.input_names, model.spec.num_labels)
+            artifact = lower_executorch(t.exported, out, "fp32", t.input_names, model.spec.num_labels, dynamic=t.dynamic)
         else:
             quantized = quantize(model, t, calibration, config)
-            artifact = lower_executorch(quantized.exported, out, "int8", t.input_names, model.spec.num_labels)
+            artifact = lower_executorch(quantized.exported, out, "int8", t.input_names, model.spec.num_labels,
+                                        dynamic=t.dynamic)
             artifact.details["quantization"] = quantized.settings
         check_size(artifact, model.num_parameters, model.spec.num_hidden_layers)
         return [artifact]
 
-    return Stage(f"executorch-{precision}", [model.source_sha256, max_length, name, recipe], run, ARTIFACTS,
+    return Stage(f"executorch-{precision}", [model.source_sha256, max_length, name, recipe, shapes], run, ARTIFACTS,
                  label=f"lower {out.name}")

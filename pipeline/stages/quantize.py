@@ -64,10 +64,14 @@ def calibrate_and_convert(
     input_names: list[str],
     config: QuantizeConfig,
     name_prefix: str = "",
+    dynamic: bool = False,
 ) -> torch.fx.GraphModule:
     """PT2E prepare -> calibrate on the first `config.calibration_samples` rows -> convert. The result runs
     eagerly in PyTorch (the gate's localization and fallback use it so); `quantize` re-exports it for lowering.
-    `name_prefix`: prepended to `config.keep_float_names` when the graph wraps the model (the gate's probe)."""
+    `name_prefix`: prepended to `config.keep_float_names` when the graph wraps the model (the gate's probe).
+    `dynamic`: the graph takes any length, and is calibrated on the rows cut to their real lengths (many lengths)."""
+    from pipeline.shapes import trim
+
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if len(calibration) == 0:
@@ -75,7 +79,7 @@ def calibrate_and_convert(
     with torch.no_grad():
         prepared = prepare_pt2e(graph, make_quantizer(config, name_prefix))
         for index in range(min(config.calibration_samples, len(calibration))):
-            row = calibration.row(index)
+            row = trim(calibration.row(index)) if dynamic else calibration.row(index)
             prepared(*(torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names))
         return convert_pt2e(prepared)
 
@@ -91,9 +95,10 @@ def quantize(
         raise PipelineError("no calibration texts")
     rows = min(config.calibration_samples, len(calibration))
     with torch.no_grad():
-        graph = torch.export.export(model.export_model, traced.example_inputs, strict=False).module()
-        converted = calibrate_and_convert(graph, calibration, traced.input_names, config)
-        exported = torch.export.export(converted, traced.example_inputs, strict=False)
+        shapes = traced.dynamic_shapes
+        graph = torch.export.export(model.export_model, traced.example_inputs, dynamic_shapes=shapes, strict=False).module()
+        converted = calibrate_and_convert(graph, calibration, traced.input_names, config, dynamic=traced.dynamic)
+        exported = torch.export.export(converted, traced.example_inputs, dynamic_shapes=shapes, strict=False)
     settings = {
         "scheme": f"pt2e-{config.activations}",
         "weights": "int8 symmetric per-channel",
@@ -102,5 +107,6 @@ def quantize(
         "kept_float": list(config.keep_float) + list(config.keep_float_names),
         "calibration_rows": rows,
         "recipe": asdict(config),
+        "calibration_lengths": "real lengths (unpadded)" if traced.dynamic else "padded to max_length",
     }
     return Quantized(exported, traced.input_names, rows, settings)

@@ -1,4 +1,5 @@
-"""Trace stage: torch.export of the export-friendly ALBERT at a static [1, max_length] shape.
+"""Trace stage: torch.export of the export-friendly ALBERT, at the static [1, max_length] shape or with a bounded
+dynamic sequence length (`shapes="dynamic"`: `Dim("seq", min=1, max=max_length)` on every input).
 
 Before anything is lowered, the export model is shown to match the float reference (HF eager) on real
 encoded rows; a mismatch beyond `MATCH_TOLERANCE` stops the build.
@@ -25,6 +26,11 @@ class Traced:
     input_names: list[str]
     max_length: int
     reference_match: float  # max abs logit difference, export model vs reference, on the check rows
+    dynamic_shapes: tuple | None = None  # torch.export's dynamic_shapes (None: static)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.dynamic_shapes is not None
 
 
 def input_names(use_token_type_ids: bool) -> list[str]:
@@ -36,16 +42,48 @@ def example_inputs(encoded: Encoded, names: list[str]) -> tuple[torch.Tensor, ..
     return tuple(torch.from_numpy(np.ascontiguousarray(row[name])) for name in names)
 
 
-def trace(model: LoadedModel, check: Encoded, use_token_type_ids: bool = True) -> Traced:
+def dynamic_shapes_for(names: list[str], max_length: int) -> tuple:
+    """One bounded symbolic length shared by every input."""
+    seq = torch.export.Dim("seq", min=1, max=max_length)
+    return tuple({1: seq} for _ in names)
+
+
+def dynamic_example(check: Encoded, names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Row 0 cut to its real length (at least 2: an example of length 1 would be specialized)."""
+    from pipeline.shapes import pad, trim
+
+    row = trim(check.row(0))
+    if row["input_ids"].shape[1] < 2:
+        row = pad(row, 2)
+    return tuple(torch.from_numpy(np.ascontiguousarray(row[name])) for name in names)
+
+
+def check_rows(check: Encoded, names: list[str], dynamic: bool) -> list[dict[str, np.ndarray]]:
+    """The rows as the exported program takes them: padded, or cut to their real length (dynamic)."""
+    from pipeline.shapes import trim
+
+    rows = [{n: check.row(i)[n] for n in names} for i in range(len(check))]
+    return [trim(r) for r in rows] if dynamic else rows
+
+
+def trace(model: LoadedModel, check: Encoded, use_token_type_ids: bool = True, shapes: str = "static") -> Traced:
     names = input_names(use_token_type_ids)
-    example = example_inputs(check, names)
-    max_length = example[0].shape[1]
+    max_length = check.input_ids.shape[1]
+    dynamic = shapes == "dynamic"
+    example = dynamic_example(check, names) if dynamic else example_inputs(check, names)
+    dynamic_shapes = dynamic_shapes_for(names, max_length) if dynamic else None
     with torch.no_grad():
-        exported = torch.export.export(model.export_model, example, strict=False)
+        try:
+            exported = torch.export.export(model.export_model, example, dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as err:
+            if not dynamic:
+                raise
+            raise PipelineError(f"torch.export with a dynamic length failed ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:300]}); use [build] shapes = \"static\"", model.model_dir) from None
         module = exported.module()
         reference = reference_logits(model, check)
         mine = np.concatenate(
-            [module(*(torch.from_numpy(check.row(i)[n]) for n in names)).numpy() for i in range(len(check))]
+            [module(*(torch.from_numpy(row[n]) for n in names)).numpy() for row in check_rows(check, names, dynamic)]
         )
     difference = float(np.abs(mine - reference).max())
     if difference > MATCH_TOLERANCE:
@@ -53,4 +91,4 @@ def trace(model: LoadedModel, check: Encoded, use_token_type_ids: bool = True) -
             f"the export model differs from the reference by {difference:.2e} (limit {MATCH_TOLERANCE:.0e})",
             model.model_dir,
         )
-    return Traced(exported, example, names, max_length, difference)
+    return Traced(exported, example, names, max_length, difference, dynamic_shapes)

@@ -47,13 +47,13 @@ INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 def tflite_stage(model: LoadedModel, config: TFLiteConfig, max_length: int, workdir: Path, calibration: Encoded,
                  check: Encoded, name: str, log: Callable[[str], None], stop: threading.Event | None = None,
-                 on_torch_done: Callable[[], None] | None = None) -> Stage[list[Artifact]]:
+                 on_torch_done: Callable[[], None] | None = None, shapes: str = "static") -> Stage[list[Artifact]]:
     """Both .tflite files as one cached stage (the converter always makes both)."""
     calibration_key = calibration.input_ids.tolist() if config.quant == "static" else None
     return Stage("litert", [model.source_sha256, max_length, name, asdict(config), calibration_key,
-                            check.input_ids.tolist()],
+                            check.input_ids.tolist(), shapes],
                  lambda: lower_tflite(model, config, max_length, workdir, calibration, check, name=name, log=log,
-                                      stop=stop, on_torch_done=on_torch_done),
+                                      stop=stop, on_torch_done=on_torch_done, shapes=shapes),
                  ARTIFACTS, label="lower tflite")
 
 
@@ -69,6 +69,7 @@ def lower_tflite(
     log: Callable[[str], None] = print,
     stop: threading.Event | None = None,
     on_torch_done: Callable[[], None] | None = None,
+    shapes: str = "static",
 ) -> list[Artifact]:
     """Write and verify `<name>.fp32.tflite` and `<name>.int8.tflite` in `workdir`; return their Artifacts.
 
@@ -76,7 +77,12 @@ def lower_tflite(
     `on_torch_done` is called once this stage's in-process torch work (reference rows, ONNX export) is
     over, so the caller can start its own torch work only then; what follows is the onnx2tf subprocess and
     LiteRT runs. Setting `stop` kills the converter subprocess and ends the stage with a PipelineError.
+    `shapes="dynamic"`: inputs [1, -1] (any length up to max_length; pipeline/shapes.py).
     """
+    dynamic = shapes == "dynamic"
+    if dynamic and config.converter != "onnx2tf":
+        raise PipelineError('[build] shapes = "dynamic" needs the onnx2tf converter (litert-torch\'s dynamic shapes '
+                            'are reported broken for ALBERT, litert-torch issue 870); use shapes = "static"')
     if config.converter not in CONVERTERS:
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
@@ -86,7 +92,7 @@ def lower_tflite(
     if config.quant == "static" and len(calibration) == 0:
         raise PipelineError("static int8 needs calibration rows, got none")
     for rows, what in ((check, "check"), (calibration, "calibration")):
-        if len(rows) and rows.input_ids.shape[1] != max_length:
+        if len(rows) and rows.input_ids.shape[1] != max_length:  # padded rows; dynamic files get them trimmed
             raise PipelineError(f"{what} rows have length {rows.input_ids.shape[1]}, expected max_length {max_length}")
     workdir = Path(workdir).resolve()  # the onnx2tf worker runs in another cwd
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,13 +105,13 @@ def lower_tflite(
 
     input_names = list(INPUT_ORDER if use_token_type_ids else INPUT_ORDER[:2])
     torch_done = on_torch_done or (lambda: None)
-    reference = _reference_logits(model.export_model, check, input_names)
+    reference = _reference_logits(model.export_model, check, input_names, dynamic)
     if config.converter == "onnx2tf":
         from pipeline.stages.tflite import onnx2tf
         from pipeline.stages.tflite.onnx_passes import ONNX_OPSET
 
         made, onnx_path, extra = onnx2tf.convert(model, config, max_length, scratch, calibration, input_names, log,
-                                                 stop, torch_done)
+                                                 stop, torch_done, dynamic)
         details = {"converter": "onnx2tf", "onnx_opset": ONNX_OPSET, **extra}
     else:
         from pipeline.stages.tflite import litert_torch
@@ -118,8 +124,12 @@ def lower_tflite(
     # Every file is checked before any is moved to its final name: a failed build leaves no .tflite behind.
     checked = {}
     for precision, produced in made.items():
+        if dynamic:  # the longest input the file was validated for: LiteRTRunner refuses longer ones
+            from pipeline.runtimes.litert import write_tflite_max_length
+
+            write_tflite_max_length(produced, max_length)
         final = finals[precision]
-        metrics = _check_file(produced, final.name, check, reference, input_names)
+        metrics = _check_file(produced, final.name, check, reference, input_names, dynamic)
         log(
             f"  {final.name}: max|err| {metrics['max_abs_error']:.3g}, cosine {metrics['cosine']:.6f}, "
             f"top-1 {metrics['top1_agreement']:.3f}, {metrics['bytes']} bytes"
@@ -130,7 +140,7 @@ def lower_tflite(
             if onnx_path is not None:
                 from pipeline.stages.tflite.diagnose import diagnose
 
-                where = "; " + diagnose(onnx_path, produced, check, input_names, precision)
+                where = "; " + diagnose(onnx_path, produced, check, input_names, precision, dynamic)
             _reject(produced)
             what = "the converter wrote a wrong file" if precision == "fp32" else "int8 drift beyond the sanity bound"
             raise PipelineError(f"{failure}: {what}{where}; rejected (files kept in the {scratch.name} scratch folder)", final)
@@ -164,6 +174,7 @@ def lower_tflite(
                     "bytes": metrics["bytes"],
                     "size_limit_bytes": limit,
                     "max_length": max_length,
+                    "shapes": shapes,
                 },
             )
         )
@@ -174,20 +185,25 @@ def lower_tflite(
 # --- reference and checks -------------------------------------------------------------------------------
 
 
-def _rows(encoded: Encoded, input_names: list[str]) -> list[dict[str, np.ndarray]]:
-    return [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
+def _rows(encoded: Encoded, input_names: list[str], dynamic: bool = False) -> list[dict[str, np.ndarray]]:
+    """Rows as the file takes them: [1, max_length], or cut after their last real token (`dynamic`)."""
+    from pipeline.shapes import trim
+
+    rows = [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
+    return [trim(row) for row in rows] if dynamic else rows
 
 
-def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list[str]) -> np.ndarray:
+def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list[str], dynamic: bool = False) -> np.ndarray:
     outs = []
     with torch.no_grad():
-        for row in _rows(check, input_names):
+        for row in _rows(check, input_names, dynamic):
             args = [torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names]
             outs.append(export_model(*args).numpy().astype(np.float32))
     return np.concatenate(outs)
 
 
-def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, input_names: list[str]) -> dict[str, Any]:
+def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, input_names: list[str],
+                dynamic: bool = False) -> dict[str, Any]:
     from pipeline.runtimes import LiteRTRunner
 
     runner = LiteRTRunner(path, num_threads=2)
@@ -195,7 +211,7 @@ def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, i
     if missing:
         raise PipelineError(f"the .tflite has inputs {missing} that the model does not take", label)
     try:
-        got, _ = numerics.run_rows(runner, _rows(check, input_names))
+        got, _ = numerics.run_rows(runner, _rows(check, input_names, dynamic))
     except PipelineError:
         raise
     except Exception as err:
@@ -233,6 +249,7 @@ def _signature_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     runner = interpreter.get_signature_runner()
 
     def specs(details: dict[str, dict]) -> list[TensorSpec]:
-        return [TensorSpec(n, [int(s) for s in d["shape"]], np.dtype(d["dtype"]).name) for n, d in details.items()]
+        return [TensorSpec(n, [int(s) for s in d.get("shape_signature", d["shape"])], np.dtype(d["dtype"]).name)
+                for n, d in details.items()]
 
     return specs(runner.get_input_details()), specs(runner.get_output_details())

@@ -12,9 +12,13 @@ from pipeline.tokenization import Encoded
 DIAGNOSE_RTOL = {"fp32": 1e-3, "int8": 0.05}
 
 
-def diagnose(onnx_path: Path, tflite_path: Path, check: Encoded, input_names: list[str], precision: str) -> str:
+def diagnose(onnx_path: Path, tflite_path: Path, check: Encoded, input_names: list[str], precision: str,
+             dynamic: bool = False) -> str:
+    from pipeline.shapes import trim
+
+    row = trim(check.row(0)) if dynamic else check.row(0)
     try:
-        found = _first_diverging_op(onnx_path, tflite_path, check.row(0), DIAGNOSE_RTOL[precision])
+        found = _first_diverging_op(onnx_path, tflite_path, row, DIAGNOSE_RTOL[precision])
     except Exception as err:  # the diagnosis must never hide the failure it explains
         return f"first diverging op unknown (diagnosis failed: {type(err).__name__}: {err})"
     if found is None:

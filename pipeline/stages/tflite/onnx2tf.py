@@ -37,12 +37,16 @@ ONNX2TF_ATTEMPTS = ({}, {"disable_strict_mode": True})
 
 def convert(model: LoadedModel, config: TFLiteConfig, max_length: int, scratch: Path, calibration: Encoded,
             input_names: list[str], log: Callable[[str], None], stop: threading.Event | None = None,
-            torch_done: Callable[[], None] | None = None) -> tuple[dict[str, Path], Path, dict]:
+            torch_done: Callable[[], None] | None = None, dynamic: bool = False) -> tuple[dict[str, Path], Path, dict]:
     """({precision: .tflite in scratch}, the ONNX file, details); `torch_done` is called after the ONNX export."""
+    from pipeline.shapes import trim
+
     onnx_path = scratch / "model.onnx"
     sample = (calibration if len(calibration) else dummy_rows(max_length)).row(0)
+    if dynamic:
+        sample = trim(sample)
     started = time.perf_counter()
-    export_onnx(model, max_length, onnx_path, input_names, sample)
+    export_onnx(model, max_length, onnx_path, input_names, sample, dynamic)
     merged = prepare_for_onnx2tf(onnx_path)
     log(f"  ONNX export: {onnx_path.stat().st_size} bytes ({merged} duplicate initializers merged), "
         f"{time.perf_counter() - started:.1f} s")

@@ -24,19 +24,23 @@ ONNX_OPSET = 17
 USE_ONNXSLIM = False
 
 
-def export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: list[str], sample: dict) -> None:
-    """torch.onnx.export (TorchScript exporter, which keeps shared weights as one initializer) at [1, max_length]."""
+def export_onnx(model: LoadedModel, max_length: int, path: Path, input_names: list[str], sample: dict,
+                dynamic: bool = False) -> None:
+    """torch.onnx.export (TorchScript exporter, which keeps shared weights as one initializer) at [1, max_length];
+    `dynamic`: the sequence axis of every input is dynamic (`classify_flat`: 2-D hidden states, position ids from
+    a cumsum of the inputs, so no table is sliced to a fixed length)."""
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in input_names)
     try:
-        with patched_for_onnx(model.export_model.eval(), max_length) as export_model, warnings.catch_warnings(), \
+        with patched_for_onnx(model.export_model.eval(), max_length, dynamic) as export_model, warnings.catch_warnings(), \
                 torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Exported(export_model, len(input_names) == 3),
+                _Exported(export_model, len(input_names) == 3, flat=dynamic),
                 args,
                 str(path),
                 input_names=input_names,
                 output_names=["logits"],
+                dynamic_axes={n: {1: "sequence"} for n in input_names} if dynamic else None,
                 opset_version=ONNX_OPSET,
                 do_constant_folding=True,
                 dynamo=False,  # the TorchScript exporter keeps shared weights as one initializer

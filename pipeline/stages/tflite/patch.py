@@ -80,15 +80,20 @@ class _Int8GatherEmbeddings(nn.Module):
 
 
 class _Exported(nn.Module):
-    """The export model with the ONNX graph's argument list (2 or 3 inputs)."""
+    """The export model with the ONNX graph's argument list (2 or 3 inputs). `flat`: its 2-D batch-1 form
+    (`ExportAlbert.classify_flat`), the graph onnx2tf converts with a dynamic sequence axis."""
 
-    def __init__(self, model: nn.Module, three_inputs: bool):
+    def __init__(self, model: nn.Module, three_inputs: bool, flat: bool = False):
         super().__init__()
         self.model = model
         self.three_inputs = three_inputs
+        self.flat = flat
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.model(input_ids, attention_mask, token_type_ids if self.three_inputs else None)
+        types = token_type_ids if self.three_inputs else None
+        if self.flat:
+            return self.model.classify_flat(input_ids, attention_mask, types)
+        return self.model(input_ids, attention_mask, types)
 
 
 
@@ -97,11 +102,12 @@ def _layers(export_model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def patched_for_onnx(export_model: nn.Module, max_length: int) -> Iterator[nn.Module]:
-    """The export model with gather embeddings and polynomial GELU; restored on exit."""
+def patched_for_onnx(export_model: nn.Module, max_length: int, dynamic: bool = False) -> Iterator[nn.Module]:
+    """The export model with gather embeddings (static shapes: `classify_flat` has its own, from the inputs)
+    and polynomial GELU; restored on exit."""
     body = export_model.albert
     original = body.embeddings
-    if not FOLD_EMBEDDING_CONSTANTS:
+    if not FOLD_EMBEDDING_CONSTANTS and not dynamic:
         body.embeddings = _GatherEmbeddings(original, max_length)
     layers = _layers(export_model)
     exact_gelu = {id(layer): layer.activation for layer in layers if isinstance(layer.activation, nn.GELU)}

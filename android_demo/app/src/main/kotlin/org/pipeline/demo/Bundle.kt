@@ -59,6 +59,8 @@ class Bundle(manifestText: String, readAsset: (String) -> String) {
     val tokenizerKind = JsonPath.string(manifest, ManifestKeys.TOKENIZER_KIND)
     val tokenizerFile = JsonPath.string(manifest, ManifestAssetKeys.TOKENIZER_FILE)
     val tokenizerMaxLength = JsonPath.int(manifest, ManifestKeys.TOKENIZER_MAX_LENGTH)
+    /** Dynamic shape contract: feed exactly the tokens of a text (any length 1..maxLength), no padding. */
+    val dynamicLength = JsonPath.string(manifest, ManifestKeys.SHAPES) == ManifestValues.SHAPES_DYNAMIC
     val labels: List<String> = Json.parse(readAsset(JsonPath.string(manifest, ManifestAssetKeys.LABELS)))
         .let { it as? List<*> ?: throw IllegalStateException("labels file is not a JSON list") }
         .map { it.toString() }

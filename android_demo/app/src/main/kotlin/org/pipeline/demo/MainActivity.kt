@@ -96,7 +96,7 @@ class MainActivity : Activity() {
             val current = runner ?: return@execute
             val t0 = SystemClock.elapsedRealtimeNanos()
             // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (MediaPipeText.kt)
-            val encoding = if (current.takesText) null else tokenizer.encode(text, bundle.tokenizerMaxLength)
+            val encoding = if (current.takesText) null else tokenizer.encode(text, bundle.tokenizerMaxLength, pad = !bundle.dynamicLength)
             val prepared = if (current.takesText) MediaPipeText.normalize(text, bundle.tokenizerKind) else text
             val t1 = SystemClock.elapsedRealtimeNanos()
             val probs = if (encoding == null) current.classify(prepared).map { it.toDouble() }.toDoubleArray()

@@ -24,6 +24,7 @@ object ManifestKeys {
     const val TOKENIZER_KIND = "tokenizer.kind"
     const val TOKENIZER_FILE = "tokenizer.file"
     const val TOKENIZER_MAX_LENGTH = "tokenizer.max_length"
+    const val SHAPES = "shape_contract.shapes"
     const val LABELS = "labels"
     const val GOLDEN = "golden"
     const val FILES = "files"
@@ -54,6 +55,7 @@ object ManifestAssetKeys {
 /** Key paths inside golden.json (the self-check vectors). */
 object GoldenKeys {
     const val MAX_LENGTH = "max_length"
+    const val PADDING = "padding"
     const val TOLERANCE = "tolerance"
     const val CASES = "cases"
     const val CASE_TEXT = "cases[].text"
@@ -69,6 +71,8 @@ object ManifestValues {
     const val RUNTIME_LITERT = "litert"
     /** A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out. */
     const val RUNTIME_MEDIAPIPE = "mediapipe"
+    const val SHAPES_DYNAMIC = "dynamic"
+    const val PADDING_NONE = "none"
     const val DTYPE_INT64 = "int64"
     const val DTYPE_INT32 = "int32"
     const val DTYPE_FLOAT32 = "float32"

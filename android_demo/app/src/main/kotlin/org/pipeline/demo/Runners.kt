@@ -40,6 +40,17 @@ private fun inputValues(spec: TensorSpec, encoding: Encoding): IntArray =
     encoding.byName(spec.canonicalName)
         ?: throw IllegalArgumentException("model input '${spec.name}' is not one the tokenizer produces")
 
+/** The manifest's shape with its dynamic dim (-1: any length up to the bundle's max_length) set to this input's length. */
+private fun actualShape(spec: TensorSpec, size: Int): LongArray {
+    val shape = spec.shape.copyOf()
+    val dynamic = shape.indexOf(-1L)
+    if (dynamic >= 0) shape[dynamic] = size.toLong()
+    require(shape.fold(1L) { a, b -> a * b } == size.toLong()) {
+        "input '${spec.name}' has $size values, its shape ${spec.shape.contentToString()} takes another count"
+    }
+    return shape
+}
+
 /** ExecuTorch .pte: inputs are positional, in the manifest's order, with the manifest's dtype. */
 class ExecuTorchRunner(override val file: ModelFile, path: File) : ModelRunner {
     private val module: Module = Module.load(path.absolutePath)
@@ -47,9 +58,10 @@ class ExecuTorchRunner(override val file: ModelFile, path: File) : ModelRunner {
     override fun run(encoding: Encoding): FloatArray {
         val inputs = file.inputs.map { spec ->
             val values = inputValues(spec, encoding)
+            val shape = actualShape(spec, values.size)
             val tensor = when (spec.dtype) {
-                ManifestValues.DTYPE_INT64 -> Tensor.fromBlob(LongArray(values.size) { values[it].toLong() }, spec.shape)
-                ManifestValues.DTYPE_INT32 -> Tensor.fromBlob(values, spec.shape)
+                ManifestValues.DTYPE_INT64 -> Tensor.fromBlob(LongArray(values.size) { values[it].toLong() }, shape)
+                ManifestValues.DTYPE_INT32 -> Tensor.fromBlob(values, shape)
                 else -> throw IllegalArgumentException("${file.path}: input dtype ${spec.dtype} not supported")
             }
             EValue.from(tensor)
@@ -75,6 +87,9 @@ class LiteRtRunner(override val file: ModelFile, path: File, threads: Int) : Mod
         val inputs = arrayOfNulls<Any>(interpreter.inputTensorCount)
         for ((spec, index) in inputIndex) {
             val values = inputValues(spec, encoding)
+            // a dynamic-length file (shape_signature [1, -1]) is resized to this text's length
+            val shape = actualShape(spec, values.size).map { it.toInt() }.toIntArray()
+            if (!interpreter.getInputTensor(index).shape().contentEquals(shape)) interpreter.resizeInput(index, shape)
             val buffer = when (spec.dtype) {
                 ManifestValues.DTYPE_INT64 -> ByteBuffer.allocateDirect(values.size * 8).order(ByteOrder.nativeOrder())
                     .also { b -> values.forEach { b.putLong(it.toLong()) } }

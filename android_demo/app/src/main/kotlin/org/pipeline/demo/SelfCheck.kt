@@ -16,6 +16,8 @@ data class CheckResult(val subject: String, val passed: Boolean, val detail: Str
 class SelfCheck(private val goldenText: String, private val tokenizer: Tokenizer) {
     private val golden = Json.parse(goldenText)
     private val maxLength = JsonPath.int(golden, GoldenKeys.MAX_LENGTH)
+    // "none": the golden ids are exactly the tokens of each text (dynamic files); else padded to maxLength
+    private val pad = JsonPath.string(golden, GoldenKeys.PADDING) != ManifestValues.PADDING_NONE
     private val tolerance = JsonPath.get(golden, GoldenKeys.TOLERANCE) as Map<*, *>
     private val cases = JsonPath.list(golden, GoldenKeys.CASES)
 
@@ -24,7 +26,7 @@ class SelfCheck(private val goldenText: String, private val tokenizer: Tokenizer
         val details = ArrayList<String>()
         for (case in cases) {
             val text = JsonPath.string(case, JsonPath.leaf(GoldenKeys.CASE_TEXT))
-            val e = tokenizer.encode(text, maxLength)
+            val e = tokenizer.encode(text, maxLength, pad)
             val same = ints(case, GoldenKeys.CASE_INPUT_IDS).contentEquals(e.inputIds) &&
                 ints(case, GoldenKeys.CASE_ATTENTION_MASK).contentEquals(e.attentionMask) &&
                 ints(case, GoldenKeys.CASE_TOKEN_TYPE_IDS).contentEquals(e.tokenTypeIds)

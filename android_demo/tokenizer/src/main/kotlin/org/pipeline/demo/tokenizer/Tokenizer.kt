@@ -77,8 +77,9 @@ class Tokenizer private constructor(root: Map<String, Any?>) {
         return ids
     }
 
-    /** The model inputs for one text: [CLS] ids [SEP], truncated to maxLength and right-padded with the pad id. */
-    fun encode(text: String, maxLength: Int): Encoding {
+    /** The model inputs for one text: [CLS] ids [SEP], truncated to maxLength and right-padded with the pad id
+     *  (`pad`, static files), or exactly the tokens (`pad = false`: dynamic files, shape [1, length]). */
+    fun encode(text: String, maxLength: Int, pad: Boolean = true): Encoding {
         require(maxLength > 0) { "maxLength must be positive" }
         val special = template.sumOf { if (it.isSequence) 0 else it.ids.size }
         val body = tokenizeToIds(text).let { if (it.size + special > maxLength) it.subList(0, maxOf(0, maxLength - special)) else it }
@@ -90,9 +91,10 @@ class Tokenizer private constructor(root: Map<String, Any?>) {
             repeat(part.size) { types.add(item.typeId) }
         }
         val length = minOf(ids.size, maxLength)
-        val inputIds = IntArray(maxLength) { if (it < length) ids[it] else padId }
-        val mask = IntArray(maxLength) { if (it < length) 1 else 0 }
-        val typeIds = IntArray(maxLength) { if (it < length) types[it] else 0 }
+        val size = if (pad) maxLength else length
+        val inputIds = IntArray(size) { if (it < length) ids[it] else padId }
+        val mask = IntArray(size) { if (it < length) 1 else 0 }
+        val typeIds = IntArray(size) { if (it < length) types[it] else 0 }
         return Encoding(inputIds, mask, typeIds)
     }
 

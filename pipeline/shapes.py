@@ -1,0 +1,156 @@
+"""The shape contract of the artifacts: `[build] shapes = "dynamic" | "static"`.
+
+dynamic  every artifact takes [1, S] for any 1 <= S <= max_length: feed exactly the tokens, no padding.
+         ExecuTorch: torch.export with a bounded `Dim("seq", min=1, max=max_length)` (memory planned for
+         max_length); LiteRT: a .tflite whose inputs have shape_signature [1, -1] (the interpreter resizes).
+static   every artifact takes exactly [1, max_length]: pad with [PAD] ids, attention_mask 0, token types 0.
+
+Both runtimes use one mechanism (a bounded dynamic dimension), not buckets: on ExecuTorch every bucket method
+repacks the weights in memory (+60 MB RSS per method on the default model, TOOLCHAIN.md), and on LiteRT the
+dynamic file converts with the same size and costs what the text costs (see README, "Variable length").
+
+Also here: cutting padded rows to their real length (validation feeds what apps feed), padding for static
+files, and the validation length sweep.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+SHAPES = ("dynamic", "static")
+MIN_LENGTH = 1
+SWEEP_FIXED = (1, 2, 37)  # always in the sweep (when <= max_length), with max_length itself
+BANDS = ((1, 16), (17, 32), (33, 64), (65, 128), (129, 256), (257, 512))
+
+
+def check_shapes(shapes: str) -> str:
+    if shapes not in SHAPES:
+        raise PipelineError(f"[build] shapes must be one of {list(SHAPES)}, not {shapes!r}")
+    return shapes
+
+
+@dataclass(frozen=True)
+class ShapeContract:
+    shapes: str
+    max_length: int
+    min_length: int = MIN_LENGTH
+
+    @property
+    def dynamic(self) -> bool:
+        return self.shapes == "dynamic"
+
+    def to_manifest(self) -> dict:
+        if self.dynamic:
+            return {"shapes": "dynamic", "min_length": self.min_length, "max_length": self.max_length,
+                    "buckets": [], "padding": "none: feed exactly the tokens ([CLS] ... [SEP]), shape [1, S]; "
+                                              "texts longer than max_length are truncated by the tokenizer"}
+        return {"shapes": "static", "min_length": self.max_length, "max_length": self.max_length, "buckets": [],
+                "padding": "pad to max_length with the tokenizer's pad id, attention_mask 0, token_type_ids 0"}
+
+
+def is_dynamic(artifact) -> bool:
+    """An artifact whose inputs take any length (a -1 in their declared shape)."""
+    return any(-1 in t.shape for t in artifact.inputs)
+
+
+def real_length(attention_mask: np.ndarray) -> int:
+    """One past the last attended position of a [1, S] (or [S]) mask; at least 1."""
+    mask = np.asarray(attention_mask).reshape(-1).astype(bool)
+    return int(len(mask) - np.argmax(mask[::-1])) if mask.any() else 1
+
+
+def trim(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A padded [1, max_length] row cut after its last real token: what an app feeds a dynamic file."""
+    length = real_length(row["attention_mask"])
+    return {k: np.ascontiguousarray(v[:, :length]) for k, v in row.items()}
+
+
+def pad(row: dict[str, np.ndarray], length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """A [1, S] row padded to [1, length] (ids with pad_id, mask and token types with 0)."""
+    current = next(iter(row.values())).shape[1]
+    if current == length:
+        return row
+    out = {}
+    for name, value in row.items():
+        filler = pad_id if name == "input_ids" else 0
+        extra = np.full((value.shape[0], length - current), filler, dtype=value.dtype)
+        out[name] = np.concatenate([value, extra], axis=1)
+    return out
+
+
+def too_long(length: int, max_length: int) -> str:
+    return (f"input length {length} exceeds the model's maximum {max_length} tokens: truncate the text to "
+            f"max_length tokens before running it")
+
+
+def sweep_lengths(max_length: int, buckets: tuple[int, ...] = ()) -> list[int]:
+    """1, 2, 37, every bucket edge and max_length (those <= max_length), sorted."""
+    return sorted({n for n in (*SWEEP_FIXED, *buckets, max_length) if 1 <= n <= max_length})
+
+
+def sweep_rows(tokenizer, max_length: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """One [1, S] row per sweep length: [CLS] + random ordinary tokens + [SEP] (length 1: [CLS] only)."""
+    rng = np.random.default_rng(seed)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = [i for i in range(min(len(tokenizer), 30000)) if i not in special]
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else vocab[0]
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else vocab[0]
+    rows = []
+    for length in sweep_lengths(max_length):
+        ids = [cls_id] + list(rng.choice(vocab, size=max(length - 2, 0))) + ([sep_id] if length >= 2 else [])
+        ids = np.asarray([ids[:length]], dtype=np.int64)
+        rows.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    return rows
+
+
+def band(length: int) -> str:
+    for low, high in BANDS:
+        if low <= length <= high:
+            return f"{low}-{high}"
+    return f">{BANDS[-1][1]}"
+
+
+def eval_rows(encoded, dynamic: bool) -> list[dict[str, np.ndarray]]:
+    """The eval rows as apps feed them: cut to their own lengths (dynamic) or padded to max_length (static)."""
+    rows = [encoded.row(i) for i in range(len(encoded))]
+    return [trim(r) for r in rows] if dynamic else rows
+
+
+def sweep_reference(model, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """The float reference (HF eager, or the export model when it is the reference) on each sweep row."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for row in rows:
+            t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in row.items()}
+            if model.reference is model.export_model:
+                out = model.reference(t["input_ids"], t["attention_mask"], t["token_type_ids"])
+            else:
+                out = model.reference(**t).logits
+            outs.append(out.numpy().reshape(1, -1))
+    return np.concatenate(outs).astype(np.float32)
+
+
+def length_drift(lengths: np.ndarray, logits: np.ndarray, reference: np.ndarray, sweep: dict[int, float]) -> dict:
+    """Drift per length band on the eval texts (max and mean abs logit error, rows) and per sweep length."""
+    error = np.abs(np.asarray(logits, dtype=np.float64) - reference).max(axis=1)
+    bands = {}
+    for low, high in BANDS:
+        rows = (lengths >= low) & (lengths <= high)
+        if rows.any():
+            bands[f"{low}-{high}"] = {"rows": int(rows.sum()), "max_abs_error": float(error[rows].max()),
+                                      "mean_abs_error": float(error[rows].mean())}
+    return {"bands": bands, "sweep_max_abs_error": {str(k): v for k, v in sorted(sweep.items())}}
+
+
+def run_sweep(runner, rows: list[dict[str, np.ndarray]], reference: np.ndarray) -> dict[int, float]:
+    """Max abs logit error of `runner` at each sweep length."""
+    found = {}
+    for row, expected in zip(rows, reference):
+        got = np.asarray(runner.run(row), dtype=np.float64).reshape(-1)
+        found[int(row["input_ids"].shape[1])] = float(np.abs(got - expected).max())
+    return found
