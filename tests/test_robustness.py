@@ -156,7 +156,8 @@ def assert_runs_golden(folder: Path) -> None:
 
 
 def visible(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    """What a user sees next to the target folders: no staging or work folder (the build's log file is expected)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != "build.log")
 
 
 @pytest.fixture(scope="session")
