@@ -30,13 +30,12 @@ def test_a_changed_tool_version_changes_the_key(monkeypatch):
 
 def test_a_changed_threshold_does_not_change_the_runtime_outputs_key(tmp_path):
     from pipeline.stages.validate import outputs_stage
-    from pipeline.tokenization import Encoded
 
     model_file = tmp_path / "m.pte"
     model_file.write_bytes(b"program")
     artifact = Artifact(model_file, "executorch", "int8", [TensorSpec("input_ids", [1, 4], "int64")], [])
-    ids = np.ones((2, 4), dtype=np.int64)
-    rows = Encoded(ids, ids, ids * 0, 0)
+    ids = np.ones((1, 4), dtype=np.int64)
+    rows = [{"input_ids": ids, "attention_mask": ids, "token_type_ids": ids * 0}]
     config = PipelineConfig()
     key = outputs_stage(artifact, rows).key()
     config.thresholds.per_precision["int8"] = Thresholds(max_abs_error=9.0)
