@@ -86,7 +86,9 @@ class Search:
         self.workdir, self.log = workdir, log
         self.input_names = [t.name for t in result.artifact.inputs]
         check = Encoded(encoded.input_ids[:8], encoded.attention_mask[:8], encoded.token_type_ids[:8], 0)
-        self.traced = trace(model, check, use_token_type_ids="token_type_ids" in self.input_names)
+        dynamic = any(-1 in t.shape for t in result.artifact.inputs)  # keep the file's shape contract
+        self.traced = trace(model, check, use_token_type_ids="token_type_ids" in self.input_names,
+                            shapes="dynamic" if dynamic else "static")
         self.trials: list[dict] = []
         self.lowerings = 0
         self._eager: dict[int, bool] = {}
@@ -97,9 +99,10 @@ class Search:
             return self._eager[key]
         recipe = _recipe_with(self.recipe, keep)
         with torch.no_grad():
-            graph = torch.export.export(self.model.export_model, self.traced.example_inputs, strict=False).module()
+            graph = torch.export.export(self.model.export_model, self.traced.example_inputs,
+                                        dynamic_shapes=self.traced.dynamic_shapes, strict=False).module()
         converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe.config,
-                                          recipe.keep_float_names)
+                                          recipe.keep_float_names, dynamic=self.traced.dynamic)
         logits = eager_logits(converted, self.encoded, self.input_names)
         metrics = compare(logits, self.reference, self.labels, [])
         failures = check_thresholds(self.result.artifact.file_name, metrics, self.limits)
@@ -118,7 +121,8 @@ class Search:
         name = self.result.artifact.file_name
         quantized = quantize(self.model, self.traced, self.calibration, recipe.config, recipe.keep_float_names)
         out = self.workdir / f"{len(keep)}" / name
-        artifact = lower_executorch(quantized.exported, out, "int8", self.input_names, self.model.spec.num_labels)
+        artifact = lower_executorch(quantized.exported, out, "int8", self.input_names, self.model.spec.num_labels,
+                                    dynamic=self.traced.dynamic)
         artifact.precision = self.result.artifact.precision
         artifact.details["quantization"] = quantized.settings
         if not recipe.config.quantize_embedding:
