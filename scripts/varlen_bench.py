@@ -71,15 +71,21 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--workload", type=int, default=200, help="eval texts for the workload figure")
     parser.add_argument("--json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time per inference (robust when the machine is shared; use --threads 1)")
+    parser.add_argument("--memory", action="append",
+                        help="measure peak memory only for artifacts whose label starts with this (repeatable)")
     args = parser.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipeline.runtimes import open_runner, set_threads
 
-    set_threads({"executorch"}, 2)
+    set_threads({"executorch"}, args.threads)
     folders = dict(item.split("=", 1) for item in args.folders)
     folders = {k: Path(v) for k, v in folders.items()}
     items = candidates(folders)
-    runners = {label: open_runner(path, entry["runtime"], [t["name"] for t in entry["inputs"]])
+    runners = {label: open_runner(path, entry["runtime"], [t["name"] for t in entry["inputs"]], args.threads)
                for label, entry, path in items}
     maxima = {label: runners[label].max_length for label, _, _ in items}
 
@@ -93,9 +99,9 @@ def main() -> int:
         rng.shuffle(jobs)
         for label, n in jobs:
             inputs = row(n)
-            started = time.perf_counter()
+            started = clock()
             runners[label].run(inputs)
-            times.setdefault((label, n), []).append(time.perf_counter() - started)
+            times.setdefault((label, n), []).append(clock() - started)
 
     # workload: eval texts at their real lengths
     from pipeline.data import load_small_fine_foods
@@ -113,12 +119,13 @@ def main() -> int:
         rng.shuffle(order)
         for label in order:
             inputs = rows[maxima[label]][index]
-            started = time.perf_counter()
+            started = clock()
             runners[label].run(inputs)
-            workload[label].append(time.perf_counter() - started)
+            workload[label].append(clock() - started)
     lengths = [r["input_ids"].shape[1] for r in rows[min(maxima.values())]]
 
     result = {"load_average": os.getloadavg(), "cpu_count": os.cpu_count(), "reps": args.reps,
+              "threads": args.threads, "clock": args.clock,
               "workload_texts": len(texts), "workload_mean_tokens": float(np.mean(lengths)), "artifacts": {}}
     for label, entry, path in items:
         med = {n: statistics.median(times[(label, n)]) * 1000 for n in LENGTHS if (label, n) in times}
@@ -126,10 +133,12 @@ def main() -> int:
             "runtime": entry["runtime"], "precision": entry["precision"], "max_length": maxima[label],
             "static": runners[label].static, "bytes": entry["bytes"], "median_ms": med,
             "workload_mean_ms": float(np.mean(workload[label]) * 1000),
-            "peak_rss_mb": memory(path, entry["runtime"], maxima[label]),
+            "peak_rss_mb": (memory(path, entry["runtime"], maxima[label])
+                            if not args.memory or any(label.startswith(m) for m in args.memory) else float("nan")),
         }
     static_label = next((k for k in folders if k.startswith("static")), None)
-    lines = [f"load average {result['load_average'][0]:.1f} on {os.cpu_count()} cores; {args.reps} reps; "
+    lines = [f"load average {result['load_average'][0]:.1f} on {os.cpu_count()} cores; {args.threads} threads; "
+             f"{args.clock} clock; {args.reps} reps; "
              f"workload {len(texts)} texts, mean {result['workload_mean_tokens']:.1f} tokens",
              "| artifact | " + " | ".join(f"{n}" for n in LENGTHS) + " | workload ms | vs static: 16 / workload | peak MB |",
              "|---|" + "---:|" * (len(LENGTHS) + 3)]

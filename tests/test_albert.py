@@ -88,3 +88,21 @@ def test_recurrent_unrolled_matches_gru():
     with torch.no_grad():
         fused, _ = front.gru(x)
         assert torch.allclose(fused, front.unrolled(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", random_configs(4, seed=1), ids=lambda c: "-".join(f"{k[:6]}{v}" for k, v in c.items()))
+def test_batch1_and_flat_forms_match_hf_at_every_length(make_albert, overrides):
+    """The exported forms (batch 1 with -1 views and a one-hot [CLS] bmm; the 2-D ONNX form `classify_flat`) give
+    the reference's logits for unpadded texts of any length, and for a padded one."""
+    model = load_checkpoint(make_albert(**overrides), max_length=64)
+    encoded = encode(model.tokenizer, TEXTS, 64)
+    with torch.no_grad():
+        for index in range(len(TEXTS)):
+            length = int(encoded.attention_mask[index].sum())
+            for width in (length, 64):  # unpadded, padded
+                ids, mask, types = (torch.from_numpy(a[index : index + 1, :width].copy())
+                                    for a in (encoded.input_ids, encoded.attention_mask, encoded.token_type_ids))
+                reference = model.reference(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+                for form in (model.export_model.classify, model.export_model.classify_flat):
+                    got = form(ids, mask, types)
+                    assert torch.allclose(reference, got, atol=1e-5, rtol=0), (form.__name__, width, (reference - got).abs().max())

@@ -31,6 +31,7 @@ from pipeline.data import LabeledTexts, sha256_file
 from pipeline.gate.localize import Localization, eager_logits, recipe_from_details
 from pipeline.stages.quantize import calibrate_and_convert
 from pipeline.numerics import ArtifactResult, Metrics, check_thresholds, compare, evaluate
+from pipeline.shapes import is_dynamic
 from pipeline.tokenization import Encoded, encode
 
 Log = Callable[[str], None]
@@ -81,7 +82,9 @@ class Search:
         self.workdir, self.log = workdir, log
         self.input_names = [t.name for t in result.artifact.inputs]
         check = Encoded(encoded.input_ids[:8], encoded.attention_mask[:8], encoded.token_type_ids[:8], 0)
-        self.traced = trace(model, check, use_token_type_ids="token_type_ids" in self.input_names)
+        dynamic = is_dynamic(result.artifact)  # keep the file's shape contract
+        self.traced = trace(model, check, use_token_type_ids="token_type_ids" in self.input_names,
+                            shapes="dynamic" if dynamic else "static")
         self.trials: list[dict] = []
         self.lowerings = 0
         self._eager: dict[int, bool] = {}
@@ -92,8 +95,9 @@ class Search:
             return self._eager[key]
         recipe = _recipe_with(self.recipe, keep)
         with torch.no_grad():
-            graph = torch.export.export(self.model.export_model, self.traced.example_inputs, strict=False).module()
-        converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe)
+            graph = torch.export.export(self.model.export_model, self.traced.example_inputs,
+                                        dynamic_shapes=self.traced.dynamic_shapes, strict=False).module()
+        converted = calibrate_and_convert(graph, self.calibration, self.input_names, recipe, dynamic=self.traced.dynamic)
         logits = eager_logits(converted, self.encoded, self.input_names)
         metrics = compare(logits, self.reference, self.labels, [])
         failures = check_thresholds(self.result.artifact.file_name, metrics, self.limits)
@@ -110,7 +114,8 @@ class Search:
         name = self.result.artifact.file_name
         stem = name.removesuffix(".pte").rsplit(".", 1)[0]  # albert.int8.pte -> albert
         stage = executorch_stage(self.model, "int8", recipe, self.calibration, lambda: self.traced,
-                                 self.workdir / f"{len(keep)}", stem, self.traced.max_length)
+                                 self.workdir / f"{len(keep)}", stem, self.traced.max_length,
+                                 "dynamic" if self.traced.dynamic else "static")
         artifact = stage.run()[0]
         artifact.precision = self.result.artifact.precision
         if not recipe.quantize_embedding:
