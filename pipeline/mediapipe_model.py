@@ -173,9 +173,13 @@ def _input_roles(model, subgraph) -> dict[str, int]:
     return roles
 
 
-def rewrite_graph(tflite: bytes) -> tuple[bytes, int, int]:
+def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | None = None) -> tuple[bytes, int, int]:
     """Plain file -> int32 inputs `ids`, `mask`, `segment_ids` (CAST to the old type in front when it was not int32)
-    and a SOFTMAX over the logits as the only output `probability`. Returns (bytes, max_length, num_classes)."""
+    and a SOFTMAX over the logits as the only output `probability`. Returns (bytes, max_length, num_classes).
+
+    A plain file with a dynamic length (inputs [1, -1]) gives a twin fixed at [1, max_length] (MediaPipe reads its
+    input length from the tensors and pads to it), with the output fixed at [1, classes]; the tensors in between
+    keep their dynamic signatures and take their shapes when the interpreter allocates."""
 
     _, fb = _schemas()
     try:
@@ -191,6 +195,17 @@ def rewrite_graph(tflite: bytes) -> tuple[bytes, int, int]:
                             f"found {len(subgraph.inputs)} inputs, recognised {sorted(roles)}")
     if len(subgraph.outputs) != 1:
         raise PipelineError(f"expected one output (the logits), found {len(subgraph.outputs)}")
+    for i in roles.values():  # a dynamic length: fix it at max_length
+        tensor = subgraph.tensors[i]
+        if tensor.shapeSignature is not None and -1 in list(tensor.shapeSignature):
+            if not max_length:
+                raise PipelineError("the plain file takes a dynamic length and records no max_length")
+            tensor.shape = np.asarray([1, max_length], dtype=np.int32)
+            tensor.shapeSignature = None
+    output = subgraph.tensors[subgraph.outputs[0]] if len(subgraph.outputs) == 1 else None
+    if output is not None and classes and (output.shapeSignature is not None and -1 in list(output.shapeSignature)):
+        output.shape = np.asarray([1, classes], dtype=np.int32)
+        output.shapeSignature = None
     shapes = {role: [int(d) for d in subgraph.tensors[i].shape] for role, i in roles.items()}
     if any(len(s) != 2 or s[0] != 1 for s in shapes.values()) or len({s[1] for s in shapes.values()}) != 1:
         raise PipelineError(f"MediaPipe needs [1, L] inputs of one length L; got {shapes}")
@@ -361,7 +376,9 @@ def make_mediapipe_ready(source: Path, target: Path, labels: list[str], tokenize
                          name: str = "albert text classifier") -> dict:
     """Write `target`: the plain .tflite at `source` rewritten for MediaPipe, with metadata and packed files.
     Returns what `check_metadata` reads back from the written file."""
-    graph, max_length, classes = rewrite_graph(Path(source).read_bytes())
+    from pipeline.runtimes.litert import tflite_max_length
+
+    graph, max_length, classes = rewrite_graph(Path(source).read_bytes(), tflite_max_length(source), len(labels))
     if classes != len(labels):
         raise PipelineError(f"the model has {classes} outputs but {len(labels)} labels", source)
     metadata = metadata_buffer(labels, tokenizer, name,
