@@ -220,3 +220,14 @@ def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, args
                  "--eval-data", str(test), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_mixed_precision_path_runs_with_cpu_bf16_autocast(teacher_and_data, monkeypatch):
+    """No GPU here: the autocast path that --device cuda takes is exercised with CPU bf16 autocast instead."""
+    from pipeline.model import distill
+
+    root, teacher, train, test = teacher_and_data
+    monkeypatch.setattr(C, "make_runtime", lambda device: distill.Runtime(torch.device("cpu"), amp_dtype=torch.bfloat16))
+    card = C.compress(_cfg(root, teacher, train, test, "bf16", epochs=1, teacher_epochs=1, hidden_weight=1.0,
+                           attention_weight=1.0), log=lambda m: None)
+    assert card["hardware"]["mixed_precision"] == "torch.bfloat16" and 0 <= card["student"]["test_accuracy"] <= 1
