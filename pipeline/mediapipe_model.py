@@ -195,6 +195,12 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
                             f"found {len(subgraph.inputs)} inputs, recognised {sorted(roles)}")
     if len(subgraph.outputs) != 1:
         raise PipelineError(f"expected one output (the logits), found {len(subgraph.outputs)}")
+    if not max_length:  # the TFLite stage records a dynamic file's max_length in its metadata
+        from pipeline.runtimes.litert import MAX_LENGTH_KEY
+
+        for entry in model.metadata or []:
+            if _text(entry.name) == MAX_LENGTH_KEY:
+                max_length = int(bytes(model.buffers[entry.buffer].data).decode())
     for i in roles.values():  # a dynamic length: fix it at max_length
         tensor = subgraph.tensors[i]
         if tensor.shapeSignature is not None and -1 in list(tensor.shapeSignature):
@@ -376,9 +382,7 @@ def make_mediapipe_ready(source: Path, target: Path, labels: list[str], tokenize
                          name: str = "albert text classifier") -> dict:
     """Write `target`: the plain .tflite at `source` rewritten for MediaPipe, with metadata and packed files.
     Returns what `check_metadata` reads back from the written file."""
-    from pipeline.runtimes.litert import tflite_max_length
-
-    graph, max_length, classes = rewrite_graph(Path(source).read_bytes(), tflite_max_length(source), len(labels))
+    graph, max_length, classes = rewrite_graph(Path(source).read_bytes(), classes=len(labels))
     if classes != len(labels):
         raise PipelineError(f"the model has {classes} outputs but {len(labels)} labels", source)
     metadata = metadata_buffer(labels, tokenizer, name,

@@ -78,7 +78,7 @@ def test_build_ships_mediapipe_files_that_classify_text_like_the_float_model(bui
     runner = open_runner(folder / "albert.fp32.mediapipe.tflite", "mediapipe")
     got = runner.run({"text": TEXTS})
     runner.close()
-    np.testing.assert_allclose(got, _reference_probabilities(Path(manifest["model"]["source"]), TEXTS), atol=1e-4)
+    np.testing.assert_allclose(got, _reference_probabilities(folder.parent.parent / "model", TEXTS), atol=1e-4)
     assert np.allclose(got.sum(1), 1.0, atol=1e-5)
     # reports carry the MediaPipe rows and the tokenizer drift
     report = json.loads((folder / "report.json").read_text())
@@ -97,7 +97,7 @@ def test_the_twin_is_deterministic(builds, tmp_path):
     from pipeline.mediapipe_model import device_tokenizer, make_mediapipe_ready
 
     folder = builds["sentencepiece"]
-    model_dir = Path(json.loads((folder / "manifest.json").read_text())["model"]["source"])
+    model_dir = folder.parent.parent / "model"
     again = tmp_path / "again.tflite"
     make_mediapipe_ready(folder / "albert.int8.tflite", again, ["great", "other"], device_tokenizer(model_dir))
     assert again.read_bytes() == (folder / "albert.int8.mediapipe.tflite").read_bytes()
@@ -122,7 +122,7 @@ def test_drift_shows_known_differences_and_the_app_normalization_fixes_them(buil
     from pipeline.tokenization import load_tokenizer
     from pipeline.tokenizer_drift import app_normalize, measure
 
-    model_dir = Path(json.loads((builds["wordpiece"] / "manifest.json").read_text())["model"]["source"])
+    model_dir = builds["wordpiece"].parent.parent / "model"
     cases = [("accents", "Café crème"), ("zero-width", "gre\u200bat tea"), ("ascii", "great tea, love it")]
     found = measure(load_tokenizer(model_dir), device_tokenizer(model_dir), MAX_LENGTH, ["the best tea"], cases)
     hard = found["sets"]["hard_cases"]
