@@ -49,12 +49,13 @@ def kotlin_tokenizer_jar(tmp_path_factory) -> tuple[Path, Path]:
     return jar, kotlin_stdlib(kotlinc)
 
 
-def run_kotlin(jar_and_stdlib, tokenizer_json: Path, texts: list[str], workdir: Path) -> dict:
+def run_kotlin(jar_and_stdlib, tokenizer_json: Path, texts: list[str], workdir: Path, pad: bool = True) -> dict:
     jar, stdlib = jar_and_stdlib
     texts_file = workdir / "texts.json"
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
     result = subprocess.run(
-        ["java", "-cp", f"{jar}:{stdlib}", CLI_CLASS, str(tokenizer_json), str(texts_file), str(MAX_LENGTH)],
+        ["java", "-cp", f"{jar}:{stdlib}", CLI_CLASS, str(tokenizer_json), str(texts_file), str(MAX_LENGTH)]
+        + ([] if pad else ["nopad"]),
         capture_output=True,
         timeout=600,
     )
@@ -133,3 +134,20 @@ def test_kotlin_tokenizer_rejects_unsupported_model(kotlin_tokenizer_jar, tmp_pa
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "BPE" in result.stderr
+
+
+def test_kotlin_tokenizer_unpadded_for_dynamic_models(kotlin_tokenizer_jar, review_texts, tmp_path):
+    """With a dynamic shape contract the app feeds exactly the tokens: the ids the Python tokenizer gives without
+    padding (truncated to max_length), at every length."""
+    from transformers import AutoTokenizer
+
+    texts = varied_texts(120, seed=3, corpus=review_texts)
+    python = AutoTokenizer.from_pretrained(str(MINILM_DIR), local_files_only=True)(
+        texts, padding=False, truncation=True, max_length=MAX_LENGTH, return_token_type_ids=True,
+        return_attention_mask=True)
+    kotlin = run_kotlin(kotlin_tokenizer_jar, MINILM_DIR / "tokenizer.json", texts, tmp_path, pad=False)
+    lengths = {len(ids) for ids in python["input_ids"]}
+    assert len(lengths) > 20 and MAX_LENGTH in lengths and 2 in lengths
+    for i, text in enumerate(texts):
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            assert list(python[key][i]) == kotlin["rows"][i][key], (key, text[:80])
