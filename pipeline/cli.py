@@ -70,7 +70,7 @@ def _add_arm64_options(p) -> None:
                         "(needs `python -m pipeline arm64-setup` once)")
     p.add_argument("--arm-cpu", help="emulated CPU profile: i8mm (default), cortex-a76 (dot-product only), "
                                      "max-sme (QEMU max, with SME)")
-    p.add_argument("--arm-rows", type=int, help="eval rows for the emulated run (default 48; emulation is slow)")
+    p.add_argument("--arm-rows", type=int, help="eval rows for the emulated run (default 32; emulation is slow)")
 
 
 def _add_validate(sub) -> None:
