@@ -239,7 +239,7 @@ def run_build(args: argparse.Namespace) -> int:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
     if args.arm64:  # fail before hours of building, not after
-        from pipeline.gate_arm64 import require_env, resolve_profile
+        from pipeline.gate.arm64 import require_env, resolve_profile
 
         resolve_profile(args.arm_cpu)
         require_env()
@@ -273,7 +273,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_arm64_setup(args: argparse.Namespace) -> int:
-    from pipeline.arm64_env import provision
+    from pipeline.gate.arm64_env import provision
 
     provision(log)
     return 0

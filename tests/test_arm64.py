@@ -52,7 +52,7 @@ def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_b
     from pipeline.config import ThresholdConfig
     from pipeline.artifact import Artifact
     from pipeline.gate.folder import load_reference
-    from pipeline.gate_arm64 import gate_arm64
+    from pipeline.gate.arm64 import gate_arm64
     from pipeline.stages.reference import reference_logits
     from pipeline.tokenization import encode
 
@@ -93,7 +93,7 @@ def test_unknown_profile_is_exit_2(tmp_path, capsys):
 
 def test_cuda_stubs_replace_the_nvidia_wheels():
     """The provisioned environment carries generated stubs instead of ~3 GB of NVIDIA libraries."""
-    from pipeline.arm64_env import find_env
+    from pipeline.gate.arm64_env import find_env
 
     env = find_env()
     stubs = sorted(p.name for p in (env.root / "cuda-stubs").iterdir())

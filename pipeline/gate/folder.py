@@ -12,7 +12,7 @@
        with --auto-fallback, the most sensitive modules are kept float until the
        thresholds hold and the file, golden.json and the manifest are rewritten
        atomically (gate/fallback.py)
-    6. with --arm64: every file again in the aarch64 runtimes under QEMU for one CPU profile (gate_arm64.py), on
+    6. with --arm64: every file again in the aarch64 runtimes under QEMU for one CPU profile (gate/arm64.py), on
        the first --arm-rows eval rows, same thresholds, plus its difference from the x86 run; a missing
        emulation environment is exit 2 naming `python -m pipeline arm64-setup`, checked before anything runs
     7. report.json / report.md / report.junit.xml / PNGs into the folder (or --report-dir); with --arm64 also
@@ -158,7 +158,7 @@ def validate_folder(args: argparse.Namespace, log: Log = print) -> int:
     log(f"validate: {folder}")
     arm = None
     if getattr(args, "arm64", False):
-        from pipeline import gate_arm64
+        from pipeline.gate import arm64 as gate_arm64
 
         profile = gate_arm64.resolve_profile(getattr(args, "arm_cpu", None))[0]
         arm = (gate_arm64.require_env(), profile)

@@ -26,7 +26,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from pipeline.arm64_env import SETUP_COMMAND, Arm64Env, find_env
+from pipeline.gate.arm64_env import SETUP_COMMAND, Arm64Env, find_env
 from pipeline.artifact import Artifact
 from pipeline.config import ThresholdConfig, Thresholds
 from pipeline.errors import PipelineError
@@ -130,7 +130,7 @@ def run_emulated(env: Arm64Env, qemu_cpu: str, artifacts: list[Artifact], encode
                "artifacts": [{"name": a.file_name, "path": str(a.path.resolve()), "runtime": a.runtime,
                               "input_names": [t.name for t in a.inputs]} for a in artifacts]}
         (work / "job.json").write_text(json.dumps(job))
-        command = env.command(qemu_cpu, ["-m", "pipeline.arm64_worker", str(work / "job.json")])
+        command = env.command(qemu_cpu, ["-m", "pipeline.gate.arm64_worker", str(work / "job.json")])
         started = time.perf_counter()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         timeout = 900 + rows * len(artifacts) * 60

@@ -1,7 +1,7 @@
 """Runs INSIDE the emulated aarch64 CPython 3.11 (QEMU user-mode): every artifact of a job through the project's own
 runners (pipeline.runtimes: the aarch64 executorch.runtime and LiteRT interpreter), logits into an .npz.
 
-    qemu-aarch64-static -cpu PROFILE -L SYSROOT SYSROOT/usr/bin/python3.11 -m pipeline.arm64_worker JOB.json
+    qemu-aarch64-static -cpu PROFILE -L SYSROOT SYSROOT/usr/bin/python3.11 -m pipeline.gate.arm64_worker JOB.json
 
 JOB.json: {"inputs": "in.npz" (one [rows, L] array per input name), "output": "out.npz", "num_threads": 2,
            "artifacts": [{"name", "path", "runtime", "input_names"}]}
