@@ -67,6 +67,10 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
             if eval_texts.labels is not None:
                 log(f"  float reference accuracy {float((reference.argmax(1) == eval_texts.labels).mean()):.4f}")
             shapes = check_shapes(b.shapes)
+            if shapes == "dynamic" and model.spec.recurrent:
+                log(f"  shapes: static [1, {b.max_length}]: the {model.spec.recurrent} front end is exported as a loop "
+                    "unrolled over max_length steps, which a dynamic length cannot trace")
+                shapes = "static"
             traced = functools.cache(lambda: traced_logged(trace(model, check, shapes=shapes), ctx))
             artifacts: list[Artifact] = []
             with in_background(lambda stop, torch_done: run_cached(tflite_stage(

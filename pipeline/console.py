@@ -208,11 +208,12 @@ class Progress:
     runs (e.g. compress called as a library). `enabled=False` (a non-reporting torchrun rank) shows nothing."""
 
     def __init__(self, total: int | None, desc: str = "", log=None, enabled: bool = True,
-                 interval: float = LINE_EVERY_S, unit: str = "it"):
+                 interval: float | None = None, unit: str = "it"):
         from tqdm import tqdm
 
         self._format = tqdm.format_meter
-        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.total, self.desc, self.unit = total, desc, unit
+        self.interval = LINE_EVERY_S if interval is None else interval
         self.console = _active
         self.log = log if self.console is None else None
         self.enabled = enabled and (self.console is not None or log is not None)

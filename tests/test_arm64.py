@@ -31,6 +31,7 @@ def test_tiny_build_passes_on_arm64_in_both_runtimes(tiny_builds, tmp_path):
     assert {"i8mm", "asimddp"} <= set(run["hwcaps"]) and "sme" not in run["hwcaps"]
     seen = {(a["runtime"], a["precision"].split("-")[0]) for a in run["artifacts"]}
     assert seen == {("executorch", "fp32"), ("executorch", "int8"), ("litert", "fp32"), ("litert", "int8")}
+    assert set(run["not_checked"]) == {"albert.fp32.mediapipe.tflite", "albert.int8.mediapipe.tflite"}  # said, not passed
     for entry in run["artifacts"]:
         assert entry["error"] is None and entry["metrics"]["rows"] == ROWS
         limit = entry["thresholds"]["max_abs_error"]
@@ -40,6 +41,7 @@ def test_tiny_build_passes_on_arm64_in_both_runtimes(tiny_builds, tmp_path):
     junit = (folder / "report.junit.xml").read_text()
     assert 'name="albert.int8.pte[arm64:i8mm]:max_abs_error"' in junit
     assert 'name="albert.int8.tflite[arm64:i8mm]:x86_top1_agreement"' in junit and "<failure" not in junit
+    assert '<testcase classname="pipeline.validate.arm64.i8mm" name="albert.int8.mediapipe.tflite[arm64:i8mm]:run"><skipped' in junit
     assert "## ARM64 (i8mm" in (folder / "report.md").read_text()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["arm64_validation"]["i8mm"]["passed"]

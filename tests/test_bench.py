@@ -36,9 +36,11 @@ def result(bench_run) -> dict:
 def test_every_model_file_and_every_baseline_has_a_row(bench_run, result):
     folder, _ = bench_run
     manifest = json.loads((folder / "manifest.json").read_text())
-    files = {f["path"]: f for f in manifest["files"] if f["runtime"] is not None}
+    files = {f["path"]: f for f in manifest["files"] if f["runtime"] in ("executorch", "litert")}  # ids in
     rows = {r["name"]: r for r in result["rows"]}
     assert set(files) <= set(rows), set(files) - set(rows)
+    twins = [f["path"] for f in manifest["files"] if f["runtime"] == "mediapipe"]
+    assert twins and all(any(t in note for note in result["notes"]) for t in twins)  # said, not silently dropped
     kinds = {r["kind"] for r in result["rows"]}
     assert {"torch-hf", "torch-export", "ort"} <= kinds
     assert {r["precision"] for r in result["rows"] if r["kind"] == "ort"} == {"fp32", "int8-dynamic"}
@@ -88,7 +90,7 @@ def test_compared_folder_runs_in_the_same_rounds_and_counts_for_no_target(bench_
     ios = json.loads((tiny_builds["ios"] / "manifest.json").read_text())
     label = ios["model"]["name"]
     compared = {r["name"]: r for r in result["rows"] if r.get("compared")}
-    expected = {f"{label}: {f['path']}" for f in ios["files"]}
+    expected = {f"{label}: {f['path']}" for f in ios["files"] if f["runtime"] in ("executorch", "litert")}
     assert set(compared) == expected
     for r in compared.values():
         assert r["origin"] == f"--compare {tiny_builds['ios']}" and r["runs"] == 5

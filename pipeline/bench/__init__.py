@@ -111,6 +111,10 @@ def bench(args, log: Log = print) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     rows: list[dict] = []
     notes: list[str] = []
+    twins = [f["path"] for f in manifest["files"] if f.get("runtime") == "mediapipe"]
+    if twins:
+        notes.append(f"not timed here: {', '.join(twins)} (MediaPipe TextClassifier, text in; the same graph as the "
+                     "plain .tflite plus an int32 cast and a softmax)")
     length_sources: dict[int, str] = {}
     try:
         for length in lengths:

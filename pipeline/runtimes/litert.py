@@ -67,8 +67,10 @@ def tflite_max_length(path: Path) -> int | None:
     return None
 
 
-def write_tflite_max_length(path: Path, max_length: int) -> None:
-    """Add (or replace) the `max_length` metadata entry of a .tflite."""
+def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None = None) -> None:
+    """Add (or replace) the `max_length` metadata entry of a .tflite; with `num_labels`, also declare the output
+    `[1, num_labels]` (onnx2tf leaves a dynamic file's logits at shape [1, 1], signature [1, -1]; the class count
+    does not depend on the length, and the interpreter computes the real shape when it allocates)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -81,6 +83,13 @@ def write_tflite_max_length(path: Path, max_length: int) -> None:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name)
                       != MAX_LENGTH_KEY] + [entry]
+    if num_labels:
+        subgraph = model.subgraphs[0]
+        for index in subgraph.outputs:
+            tensor = subgraph.tensors[index]
+            if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 2:
+                tensor.shape = np.asarray([1, num_labels], dtype=np.int32)
+                tensor.shapeSignature = None
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     Path(path).write_bytes(bytes(builder.Output()))

@@ -127,7 +127,7 @@ def lower_tflite(
         if dynamic:  # the longest input the file was validated for: LiteRTRunner refuses longer ones
             from pipeline.runtimes.litert import write_tflite_max_length
 
-            write_tflite_max_length(produced, max_length)
+            write_tflite_max_length(produced, max_length, model.spec.num_labels)
         final = finals[precision]
         metrics = _check_file(produced, final.name, check, reference, input_names, dynamic)
         log(
