@@ -34,7 +34,7 @@ from pipeline.numerics import Metrics, check_thresholds, compare
 from pipeline.tokenization import Encoded
 
 Log = Callable[[str], None]
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # name -> (QEMU 7.2 -cpu value, what it stands for). QEMU 7.2 has no named core with i8mm (its list: a64fx,
 # cortex-a35/a53/a57/a72/a76, neoverse-n1, max), so the i8mm profile is `max` without SME: Armv9-style SVE2 +

@@ -110,7 +110,7 @@ def find_env() -> Arm64Env:
 # ---------------------------------------------------------------------------------------------------------- setup
 
 def project_pins() -> dict[str, str]:
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     pins = {}
     for dep in deps:
