@@ -67,7 +67,7 @@ def convert(model: LoadedModel, config: TFLiteConfig, max_length: int, scratch: 
         np.savez(calib_path, **{n: getattr(calibration, n) for n in input_names})
         job["calibration"] = str(calib_path)
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(Path(__file__).resolve().parents[3])  # the folder holding `pipeline/`
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("CUDA_VISIBLE_DEVICES", "")
