@@ -42,7 +42,7 @@ from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candid
                                        eager_candidates, encode_rows, export_input_names, ort_candidates,
                                        rebuild_for_length, static_length)
 from pipeline.bench.lengths import (CLOCKS, MEMORY_SHORT, length_candidates, shapes_of, length_rows, length_targets,
-                                    model_token_ids, sweep_lengths, write_length_inputs, write_workload)
+                                    model_token_ids, planned_arena_bytes, sweep_lengths, write_length_inputs, write_workload)
 from pipeline.bench.render import machine_info, plot, render_markdown, summary_lines
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
@@ -141,6 +141,9 @@ def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads
             got = run_worker({"mode": "memory", "threads": mem_threads, "length": n, "inputs": str(path),
                               "source": str(source), "candidates": [c]}, scratch, log)
             memory.setdefault(c["name"], {})[label] = got["peak_delta_mb"]
+    for c in candidates:
+        if c["kind"] == "executorch":
+            memory.setdefault(c["name"], {})["planned_bytes"] = planned_arena_bytes(c["path"])
     section = {"threads": threads, "lengths": lengths, "runs": runs, "warmup_runs": warmup, "clock": clock,
                "workload_texts": len(texts), "static": str(static[0]) if static else None, "load_average": load,
                "memory_threads": mem_threads, "memory": memory,

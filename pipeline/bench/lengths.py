@@ -187,6 +187,9 @@ def length_targets(rows: list[dict], threads: list[int]) -> list[dict]:
                     mine, other = _point(rows, name, t, "workload"), _point(rows, static["name"], t, "workload")
                     what = (f"mean over {mine['texts']} eval texts ({mine['mean_tokens']:.1f} tokens on average)"
                             if mine else "")
+                    if mine and mine["max_length"] != s_len:
+                        what += (f" (texts capped at {mine['max_length']} tokens here, at {s_len} in the static file:"
+                                 " the long texts do more work here)")
                     a, b = (mine or {}).get("mean_ms"), (other or {}).get("mean_ms")
                 else:
                     mine, other = _point(rows, name, t, SHORT_LENGTH), _point(rows, static["name"], t, s_len)
@@ -223,8 +226,8 @@ def render_lengths(section: dict | None) -> list[str]:
     for t in section["threads"]:
         lines += [f"Threads: {t}", "",
                   "| file | shapes | max | " + " | ".join(str(n) for n in lengths)
-                  + " | workload ms | peak MB @16 | peak MB @max |",
-                  "|---|---|---:|" + "---:|" * (len(lengths) + 3)]
+                  + " | workload ms | peak MB @16 | peak MB @max | planned MB |",
+                  "|---|---|---:|" + "---:|" * (len(lengths) + 4)]
         names = list(dict.fromkeys(r["name"] for r in rows if r["threads"] == t))
         for name in names:
             first = next(r for r in rows if r["name"] == name)
@@ -237,13 +240,30 @@ def render_lengths(section: dict | None) -> list[str]:
             workload = f"{w['mean_ms']:.3f}" if w else ""
             short, top = (f"{mem[k]:.1f}" if mem.get(k) is not None else "" for k in (str(MEMORY_SHORT), "max"))
             lines.append(f"| {name} | {first['shapes']} | {first['max_length']} | " + " | ".join(cells)
-                         + f" | {workload} | {short} | {top} |")
+                         + f" | {workload} | {short} | {top} | "
+                         + (f"{mem['planned_bytes'] / 1e6:.2f} |" if mem.get("planned_bytes") is not None else " |"))
         lines.append("")
     if memory:
-        lines.append("ExecuTorch plans activation memory for the program's upper bound (max_length), so a dynamic "
-                     ".pte's peak at 16 tokens is its peak at max_length: a larger --max-length costs memory on every "
-                     "text, not time. A dynamic .tflite resizes its tensors to the input.")
+        lines.append("Peak MB: peak RSS minus the RSS after imports. Planned MB: the activation arena an ExecuTorch "
+                     "program plans ahead, sized for its upper bound (max_length, issue 8766) and allocated at load "
+                     "whatever the text; XNNPACK's own workspace is outside it and follows the run's length. RSS "
+                     "counts only the pages a run touches, so what a larger max_length costs a short text is the "
+                     "difference of 'peak MB @16' between two builds. A dynamic .tflite resizes its tensors to "
+                     "the input.")
     return lines
+
+
+def planned_arena_bytes(path: str | Path) -> int | None:
+    """The activation memory an ExecuTorch program plans ahead (its non-constant buffers, sized for the upper
+    bound of a dynamic dimension); delegates (XNNPACK) keep their own workspace outside it. None if unreadable."""
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        program = deserialize_pte_binary(Path(path).read_bytes())
+        program = getattr(program, "program", program)
+        return int(sum(sum(plan.non_const_buffer_sizes) for plan in program.execution_plan))
+    except Exception:  # diagnostics only
+        return None
 
 
 def model_token_ids(model) -> tuple[int, int, int]:
