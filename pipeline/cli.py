@@ -136,6 +136,15 @@ def _add_bench(sub) -> None:
                         "reported beside this folder's, not counted for its targets (repeatable)")
     p.add_argument("--rebuild-lengths", action="store_true",
                    help="rebuild the artifacts at each --max-length other than the folder's own (stage cache on)")
+    p.add_argument("--static", metavar="DIR",
+                   help="a folder of the same model built with --shapes static: its files run in the same interleaved "
+                        "length sweep and workload, as the baseline of the variable-length targets")
+    p.add_argument("--lengths", help="extra lengths for the latency-against-length table (always: 8,16,32,64,128 and "
+                                     "each file's max_length, up to the longest); 'none' skips the sweep")
+    p.add_argument("--workload", type=int, help="eval texts at their real lengths for the workload figure (default: 200)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="length sweep and workload: wall time, or process CPU time (steadier on a shared machine; "
+                        "with 1 thread it is the work done)")
 
 
 def _add_arm64_setup(sub) -> None:

@@ -11,7 +11,8 @@ from pipeline.bench import check_targets, parse_int_list, render_markdown
 from pipeline.errors import PipelineError
 from pipeline.provenance import find_model_dir
 
-MAX_LENGTH = 32  # the shared tiny build's static length
+MAX_LENGTH = 32  # the shared tiny build's max_length (dynamic shapes, the default)
+WORKLOAD = 12  # eval texts of the workload figure
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,8 @@ def bench_run(tiny_builds, tmp_path_factory) -> tuple[Path, Path]:
     folder = tiny_builds["android"]
     out = tmp_path_factory.mktemp("bench") / "bench"
     code = main(["bench", "--artifacts", str(folder), "--threads", "1", "--runs", "5",
-                 "--max-length", str(MAX_LENGTH), "--out", str(out), "--compare", str(tiny_builds["ios"])])
+                 "--max-length", str(MAX_LENGTH), "--out", str(out), "--compare", str(tiny_builds["ios"]),
+                 "--workload", str(WORKLOAD)])
     assert code == 0
     return folder, out
 
@@ -187,3 +189,61 @@ def test_ort_int8_baseline_quantizes_every_linear_layer(tiny_builds, tmp_path):
     layers = model.spec.num_hidden_layers
     assert not float_linears, float_linears
     assert len(quantized) >= 6 * layers  # q, k, v, dense, ffn, ffn_output per layer call
+
+
+def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run, result):
+    """Issue 14: latency against length (8, 16, ..., max_length) for every model file, and the workload figure."""
+    import math
+
+    folder, out = bench_run
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = [f["path"] for f in manifest["files"] if f["runtime"] in ("executorch", "litert")]
+    section = result["lengths"]
+    assert section["lengths"] == [8, 16, 32] and section["workload_texts"] == WORKLOAD
+    rows = section["rows"]
+    for name in files:
+        for n in (8, 16, 32):
+            got = [r for r in rows if r["name"] == name and r["point"] == "length" and r["seq"] == n]
+            assert len(got) == 1, (name, n, got)
+            assert math.isfinite(got[0]["median_ms"]) and got[0]["median_ms"] > 0 and got[0]["runs"] == 5, got[0]
+            assert got[0]["shapes"] == "dynamic" and got[0]["max_length"] == MAX_LENGTH
+        workload = [r for r in rows if r["name"] == name and r["point"] == "workload"]
+        assert len(workload) == 1, (name, workload)
+        w = workload[0]
+        assert w["texts"] == WORKLOAD and math.isfinite(w["mean_ms"]) and w["mean_ms"] > 0, w
+        assert 2 < w["mean_tokens"] <= MAX_LENGTH, w  # real lengths, capped at max_length: not all padded
+        assert {"16", "max"} <= set(section["memory"][name]) and section["memory"][name]["16"] >= 0
+        if name.endswith(".pte"):
+            assert section["memory"][name]["planned_bytes"] > 0, name
+    assert {r["name"] for r in rows} == set(files)  # --compare folders are not in the sweep
+    # no --static folder: the variable-length targets are N/A and say how to get them
+    length_checks = [t for t in result["targets"] if "x static" in t["target"]]
+    assert len(length_checks) == 2 * len(files) and {t["status"] for t in length_checks} == {"N/A"}
+    assert all("--static" in t["detail"] for t in length_checks)
+    text = (out / "bench.md").read_text()
+    table = text.split("## Latency against length", 1)[1].split("\n## ", 1)[0]
+    for name in files:
+        assert f"| {name} | dynamic | {MAX_LENGTH} |" in table, name
+
+
+def test_length_targets_are_ratios_against_the_static_file_of_the_same_runtime_and_precision():
+    from pipeline.bench.lengths import length_targets
+
+    def rows(name, role, shapes, at16, at128, workload, precision="int8"):
+        common = {"name": name, "role": role, "runtime": "executorch", "precision": precision, "shapes": shapes,
+                  "max_length": 128, "threads": 1}
+        return [{**common, "point": "length", "seq": 16, "median_ms": at16},
+                {**common, "point": "length", "seq": 128, "median_ms": at128},
+                {**common, "point": "workload", "seq": None, "mean_ms": workload, "texts": 10, "mean_tokens": 70.0}]
+
+    table = (rows("a.int8.pte", "artifact", "dynamic", 2.0, 10.0, 6.0) + rows("static: a.int8.pte", "static", "static",
+             10.0, 10.0, 10.0) + rows("a.fp32.pte", "artifact", "dynamic", 3.0, 10.0, 7.0, precision="fp32"))
+    checks = {c["target"]: c for c in length_targets(table, [1])}
+    assert checks["a.int8.pte workload latency <= 0.65 x static"]["status"] == "PASS"
+    assert checks["a.int8.pte workload latency <= 0.65 x static"]["ratio"] == 0.6
+    short = checks["a.int8.pte latency at 16 tokens <= 0.25 x static"]
+    assert short["status"] == "PASS" and short["ratio"] == 0.2
+    assert checks["a.fp32.pte workload latency <= 0.65 x static"]["status"] == "N/A"  # no static fp32 file
+    table[0]["median_ms"] = 3.0
+    short = {c["target"]: c for c in length_targets(table, [1])}["a.int8.pte latency at 16 tokens <= 0.25 x static"]
+    assert short["status"] == "MISS" and short["over_by_percent"] == 20.0

@@ -18,9 +18,13 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Op profiles (at seq 128, or the folder's own length, with the largest thread count): each runtime's own
   profiler in one more child process: ExecuTorch's ETDump (XNNPACK's per-operator events) for every .pte,
   ONNX Runtime's node profile for both ORT files; LiteRT's Python interpreter has none.
-- Sequence lengths: the artifacts are static-shape. At a length other than the folder's own, only eager
-  and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt with
-  `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
+- Sequence lengths (`--max-length`, the main table): inputs padded to that length. At a length other than the
+  folder's own, only eager and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt
+  with `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
+- Latency against length (issue 14, pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
+  max_length, and the "workload" (eval texts at their real lengths), all files in one interleaved worker,
+  beside a `--static DIR` folder's files; the variable-length targets as ratios; peak memory at 16 tokens and
+  at max_length. `--lengths none` skips it.
 
 Outputs (in --out, default the artifact folder): bench.json, bench.md (table + target checks), bench.png.
 """
@@ -37,6 +41,8 @@ from pipeline.artifact import read_manifest
 from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candidates, compared_candidates,
                                        eager_candidates, encode_rows, export_input_names, ort_candidates,
                                        rebuild_for_length, static_length)
+from pipeline.bench.lengths import (CLOCKS, MEMORY_SHORT, length_candidates, shapes_of, length_rows, length_targets,
+                                    model_token_ids, planned_arena_bytes, sweep_lengths, write_length_inputs, write_workload)
 from pipeline.bench.render import machine_info, plot, render_markdown, summary_lines
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
@@ -77,7 +83,74 @@ def command_line(args) -> str:
         parts.append("--rebuild-lengths")
     for other in getattr(args, "compare", None) or []:
         parts.append(f"--compare {other}")
+    if getattr(args, "static", None):
+        parts.append(f"--static {args.static}")
+    if getattr(args, "lengths", None):
+        parts.append(f"--lengths {args.lengths}")
+    if getattr(args, "workload", None) is not None:
+        parts.append(f"--workload {args.workload}")
+    if getattr(args, "clock", None) and args.clock != "wall":
+        parts.append(f"--clock {args.clock}")
     return " ".join(parts)
+
+
+def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads: list[int], runs: int, warmup: int,
+                 inputs: Path, source: Path, static: tuple[Path, dict] | None, scratch: Path, log: Log,
+                 notes: list[str], known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
+    """Latency against length, the workload figure and peak memory per file (pipeline/bench/lengths.py)."""
+    from pipeline.data import load_small_fine_foods
+
+    candidates = length_candidates(folder, manifest, params, static)
+    if static and static[1]["model"].get("source_sha256") != manifest["model"].get("source_sha256"):
+        notes.append(f"--static {static[0]} was built from another checkpoint than {folder}: its ratios compare models too")
+    extra = parse_int_list(getattr(args, "lengths", None), "lengths")
+    maxima = sorted({c["max_length"] for c in candidates})
+    lengths = sweep_lengths(maxima, extra)
+    count = 200 if getattr(args, "workload", None) is None else int(args.workload)
+    if count < 0:
+        raise PipelineError(f"--workload must be 0 or more, not {count}")
+    texts = load_small_fine_foods("test").texts[:count] if count else []
+    workload = write_workload(model, texts, set(maxima), scratch) if texts else {}
+    vocab, cls_id, sep_id = model_token_ids(model)
+    clock = getattr(args, "clock", None) or "wall"
+    try:
+        load = [round(x, 2) for x in __import__("os").getloadavg()]
+    except OSError:
+        load = None
+    rows: list[dict] = []
+    for t in threads:
+        log(f"[bench] latency against length {lengths} and workload ({len(texts)} texts) of {len(candidates)} files, "
+            f"{t} thread(s), interleaved")
+        got = run_worker({"mode": "lengths", "threads": t, "lengths": lengths, "runs": runs, "warmup": warmup,
+                          "clock": clock, "vocab_size": vocab, "cls_id": cls_id, "sep_id": sep_id,
+                          "max_lengths": {c["name"]: c["max_length"] for c in candidates},
+                          "workload": {str(m): p for m, p in workload.items()}, "inputs": str(inputs),
+                          "source": str(source), "candidates": candidates}, scratch, log)
+        rows += length_rows(candidates, got, t)
+    memory: dict[str, dict] = {}
+    mem_threads = max(threads)
+    log(f"[bench] peak memory at {MEMORY_SHORT} tokens and at max_length, one fresh process per file")
+    for c in candidates:
+        for label, n in ((str(MEMORY_SHORT), MEMORY_SHORT), ("max", c["max_length"])):
+            if n > c["max_length"]:
+                continue
+            if label == "max" and c["role"] == "artifact" and known_peak.get(c["name"]) is not None:
+                memory.setdefault(c["name"], {})[label] = known_peak[c["name"]]  # the main table's, at max_length
+                continue
+            path = write_length_inputs(n, vocab, cls_id, sep_id, scratch / f"mem{n}.npz")
+            got = run_worker({"mode": "memory", "threads": mem_threads, "length": n, "inputs": str(path),
+                              "source": str(source), "candidates": [c]}, scratch, log)
+            memory.setdefault(c["name"], {})[label] = got["peak_delta_mb"]
+    for c in candidates:
+        if c["kind"] == "executorch":
+            memory.setdefault(c["name"], {})["planned_bytes"] = planned_arena_bytes(c["path"])
+    section = {"threads": threads, "lengths": lengths, "runs": runs, "warmup_runs": warmup, "clock": clock,
+               "workload_texts": len(texts), "static": str(static[0]) if static else None, "load_average": load,
+               "memory_threads": mem_threads, "memory": memory,
+               "files": [{k: c[k] for k in ("name", "role", "runtime", "precision", "shapes", "max_length", "bytes")}
+                         for c in candidates],
+               "rows": rows}
+    return section, length_targets(rows, threads)
 
 
 def bench(args, log: Log = print) -> int:
@@ -95,10 +168,14 @@ def bench(args, log: Log = print) -> int:
     rebuild = bool(getattr(args, "rebuild_lengths", False))
     # read before anything runs: a bad folder is a clear error, not a failure halfway through
     compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
+    static = (Path(args.static), read_manifest(Path(args.static))) if getattr(args, "static", None) else None
+    if getattr(args, "clock", None) not in (None, *CLOCKS):
+        raise PipelineError(f"--clock must be one of {list(CLOCKS)}, not {args.clock!r}")
+    sweep = str(getattr(args, "lengths", None) or "").strip().lower() != "none"
     own_length = static_length(manifest)
     source = find_model_dir(manifest["model"])
     started = time.perf_counter()
-    log(f"bench: {folder} ({own_length} tokens, static), lengths {lengths}, threads {threads}, {runs} runs")
+    log(f"bench: {folder} ({own_length} tokens, {shapes_of(manifest)}), lengths {lengths}, threads {threads}, {runs} runs")
     model = load_checkpoint(source)
     params = int(manifest["model"].get("params") or model.num_parameters)
     names = export_input_names(manifest)
@@ -109,6 +186,8 @@ def bench(args, log: Log = print) -> int:
     op_profile: dict | None = None
 
     scratch = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    length_section: dict | None = None
+    length_checks: list[dict] = []
     rows: list[dict] = []
     notes: list[str] = []
     twins = [f["path"] for f in manifest["files"] if f.get("runtime") == "mediapipe"]
@@ -174,6 +253,12 @@ def bench(args, log: Log = print) -> int:
                     if row["name"] == c["name"] and row["seq"] == length:
                         row.update({"peak_rss_delta_mb": memory["peak_delta_mb"], "baseline_rss_mb": memory["baseline_mb"],
                                     "memory_method": memory["method"], "memory_threads": mem_threads})
+        if sweep:
+            inputs = encode_rows(model, own_length, scratch / "inputs-lengths.npz")
+            length_section, length_checks = length_sweep(args, folder, manifest, model, params, threads, runs, warmup,
+                                                         inputs, source, static, scratch, log, notes,
+                                                         {r["name"]: r.get("peak_rss_delta_mb") for r in rows
+                                                          if r["seq"] == own_length and r["origin"] == "artifact"})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -188,13 +273,14 @@ def bench(args, log: Log = print) -> int:
     if target_length != TARGET_LENGTH:
         notes.append(f"the targets are defined at seq {TARGET_LENGTH}; no artifacts ran at that length in this run, "
                      f"so they were checked at seq {target_length}")
-    targets = check_targets(rows, target_length, threads, params)
+    targets = check_targets(rows, target_length, threads, params) + length_checks
     result = {
         "command": command_line(args),
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "seconds": round(time.perf_counter() - started, 1),
         "artifacts": str(folder),
         "model": {k: manifest["model"].get(k) for k in ("name", "params", "source_sha256", "max_length")},
+        "shape_contract": manifest.get("shape_contract") or {"shapes": "static"},
         "machine": machine_info(),
         "settings": {"threads": threads, "max_lengths": lengths, "runs": runs, "warmup_runs": warmup,
                      "idle_gap_ms": IDLE_GAP_S * 1000, "inputs": f"{BENCH_TEXTS} small_fine_foods test reviews, cycled",
@@ -203,6 +289,8 @@ def bench(args, log: Log = print) -> int:
         "targets": targets,
         "notes": notes,
     }
+    if length_section:
+        result["lengths"] = length_section
     if op_profile:
         result["op_profile"] = op_profile
     profile = profile_hint(manifest, folder, targets, model, target_length)

@@ -5,6 +5,7 @@ import os
 import platform
 from pathlib import Path
 
+from pipeline.bench.lengths import render_lengths
 from pipeline.bench.profile import OP_GROUPS
 
 
@@ -46,8 +47,8 @@ def render_markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Model `{result['model']['name']}`: {result['model']['params']:,} parameters, artifacts static at seq "
-        f"{result['model']['max_length']}. {result['created']}, {result['seconds']} s.",
+        f"Model `{result['model']['name']}`: {result['model']['params']:,} parameters, artifacts "
+        f"{(result.get('shape_contract') or {}).get('shapes', 'static')} up to seq {result['model']['max_length']}. {result['created']}, {result['seconds']} s.",
         f"Machine: {m.get('cpu', m.get('processor'))}, {m['cpu_count']} cores, load average "
         f"{m.get('load_average')}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
         f"Method: {s['runs']} timed runs per candidate after {s['warmup_runs']} warm-up runs (not counted), interleaved "
@@ -81,6 +82,7 @@ def render_markdown(result: dict) -> str:
     for t in result["targets"]:
         where = "" if t.get("seq") is None else f" (seq {t['seq']}, {t['threads']} thread{'s' if t['threads'] != 1 else ''})"
         lines.append(f"- **{t['status']}** {t['target']}{where}: {t['detail']}")
+    lines += render_lengths(result.get("lengths"))
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     lines += _op_profile_lines(result.get("op_profile"))

@@ -1,4 +1,4 @@
-"""Bench workers: each job (latency, memory, profile) runs in a fresh interpreter, so that every runtime's thread
+"""Bench workers: each job (latency, lengths, memory, profile) runs in a fresh interpreter, so that every runtime's thread
 count is set before anything loads (ExecuTorch's only once per process) and peak memory is the candidate's own.
 
     python -m pipeline.bench.worker JOB.json      (run_worker starts it)
@@ -165,6 +165,12 @@ def worker(job: dict) -> dict:
                 runner.run(rows[i % len(rows)])
         peak, baseline = meter.stop()
         return {"peak_delta_mb": round(peak, 2), "baseline_mb": round(baseline, 1), "method": meter.method}
+
+    if job["mode"] == "lengths":  # latency against length and the workload, every file in this one process
+        from pipeline.bench.lengths import sweep_worker
+
+        runners, _ = _open_all(candidates, threads)
+        return sweep_worker(job, runners, IDLE_GAP_S if threads > 1 else 0.0)
 
     if job["mode"] == "profile":
         scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=Path(job["result_path"]).parent))
