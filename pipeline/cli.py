@@ -254,16 +254,22 @@ def run_build(args: argparse.Namespace) -> int:
         require_env()
     from pipeline.build import build  # after the cheap checks: importing torch takes seconds
 
+    to_apps = config.build.copy_to_apps
+    if args.arm64:  # the apps get the folder only once it passed on ARM too (its manifest then says so)
+        config.build.copy_to_apps = False
     for target in targets:
         config.build.target = target
         final = build(config, log, use_cache=not args.no_cache)
         if args.arm64:  # the bundled folder, through the same gate as `validate --arm64`
             from pipeline.gate import validate_folder
+            from pipeline.stages.bundle import copy_to_app
 
             validate_folder(argparse.Namespace(artifacts=str(final), arm64=True, arm_cpu=args.arm_cpu,
                                                arm_rows=args.arm_rows, model_dir=config.build.model_dir,
                                                thresholds=args.config,  # the build's own [thresholds], if any
                                                eval_data=config.build.eval_data, eval_limit=config.build.eval_limit), log)
+            if to_apps:
+                copy_to_app(final, target)
     return 0
 
 

@@ -156,10 +156,17 @@ def bundle(model: LoadedModel, target: str, max_length: int, results: list[Artif
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    if copy_to_apps and target in APP_MODEL_DIRS and APP_MODEL_DIRS[target].parent.parent.exists():
-        app_dir = APP_MODEL_DIRS[target]
-        app_dir.parent.mkdir(parents=True, exist_ok=True)
-        app_staged = Path(tempfile.mkdtemp(dir=app_dir.parent, prefix=".model-staging-"))
-        shutil.copytree(final, app_staged, dirs_exist_ok=True)
-        replace_folder(app_staged, app_dir)
+    if copy_to_apps:
+        copy_to_app(final, target)
     return final
+
+
+def copy_to_app(final: Path, target: str) -> None:
+    """The bundled folder, whole, into the target's demo app (swapped in atomically), when the app is present."""
+    if target not in APP_MODEL_DIRS or not APP_MODEL_DIRS[target].parent.parent.exists():
+        return
+    app_dir = APP_MODEL_DIRS[target]
+    app_dir.parent.mkdir(parents=True, exist_ok=True)
+    app_staged = Path(tempfile.mkdtemp(dir=app_dir.parent, prefix=".model-staging-"))
+    shutil.copytree(final, app_staged, dirs_exist_ok=True)
+    replace_folder(app_staged, app_dir)
