@@ -56,10 +56,17 @@ def is_dynamic(artifact) -> bool:
     return any(-1 in t.shape for t in artifact.inputs)
 
 
+def real_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """Per row of an [N, S] mask: one past the last attended position (any padding side is safe: nothing real is
+    cut); at least 1."""
+    attended = np.asarray(attention_mask).astype(bool)
+    last = attended.shape[1] - np.argmax(attended[:, ::-1], axis=1)
+    return np.where(attended.any(axis=1), last, 1)
+
+
 def real_length(attention_mask: np.ndarray) -> int:
-    """One past the last attended position of a [1, S] (or [S]) mask; at least 1."""
-    mask = np.asarray(attention_mask).reshape(-1).astype(bool)
-    return int(len(mask) - np.argmax(mask[::-1])) if mask.any() else 1
+    """The same for one [1, S] (or [S]) mask."""
+    return int(real_lengths(np.asarray(attention_mask).reshape(1, -1))[0])
 
 
 def trim(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

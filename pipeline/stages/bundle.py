@@ -47,9 +47,9 @@ def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
 def golden_indices(encoded: Encoded, count: int) -> list[int]:
     """`count` eval rows spread over the lengths (shortest, quantiles, longest): golden vectors cover short and
     long texts; the first rows when all have one length."""
-    from pipeline.shapes import real_length
+    from pipeline.shapes import real_lengths
 
-    lengths = np.array([real_length(encoded.attention_mask[i]) for i in range(len(encoded))])
+    lengths = real_lengths(encoded.attention_mask)
     order = np.argsort(lengths, kind="stable")
     if len(order) <= count or lengths.min() == lengths.max():
         return list(range(min(count, len(encoded))))

@@ -7,6 +7,7 @@ import torch
 
 from pipeline.console import progress
 from pipeline.model.checkpoint import LoadedModel
+from pipeline.shapes import real_lengths
 from pipeline.stage import ARRAY, Stage
 from pipeline.tokenization import Encoded
 
@@ -23,7 +24,7 @@ def reference_logits(model: LoadedModel, encoded: Encoded, batch_size: int = 32)
     Rows are batched by length and each batch is cut after its last real token: masked padding changes no
     logit (its attention weight is exactly 0), and the reference costs a third less on real reviews.
     """
-    lengths = _real_lengths(encoded.attention_mask)
+    lengths = real_lengths(encoded.attention_mask)
     order = np.argsort(lengths, kind="stable")
     logits = None
     with torch.no_grad():
@@ -40,10 +41,3 @@ def reference_logits(model: LoadedModel, encoded: Encoded, batch_size: int = 32)
                 logits = np.zeros((len(order), out.shape[-1]), dtype=np.float32)
             logits[rows] = out.numpy()
     return logits if logits is not None else np.zeros((0, 0), dtype=np.float32)
-
-
-def _real_lengths(attention_mask: np.ndarray) -> np.ndarray:
-    """Per row: one past the last attended position (any padding side is safe: nothing real is cut)."""
-    attended = attention_mask.astype(bool)
-    last = attended.shape[1] - np.argmax(attended[:, ::-1], axis=1)
-    return np.where(attended.any(axis=1), last, 1)

@@ -11,7 +11,7 @@ from pipeline.artifact import Artifact
 from pipeline.config import ThresholdConfig
 from pipeline.data import sha256_file
 from pipeline.numerics import ArtifactResult, judge, run_artifact
-from pipeline.shapes import eval_rows, is_dynamic, length_drift, pad, sweep_reference, sweep_rows
+from pipeline.shapes import eval_rows, is_dynamic, length_drift, pad, real_lengths, sweep_reference, sweep_rows
 from pipeline.stage import OUTPUTS, Context, Stage, run_cached
 from pipeline.tokenization import Encoded
 
@@ -27,8 +27,7 @@ def validate(artifacts: list[Artifact], evaluation: Encoded, reference: np.ndarr
              thresholds: ThresholdConfig, ctx: Context, model=None) -> list[ArtifactResult]:
     """With `model`, every artifact also runs the length sweep against the float reference; its drift per length
     band goes to its details (`length_drift`) and is gated with the same max_abs_error limit."""
-    lengths = evaluation.attention_mask.astype(bool)
-    lengths = np.where(lengths.any(1), lengths.shape[1] - np.argmax(lengths[:, ::-1], axis=1), 1)
+    lengths = real_lengths(evaluation.attention_mask)
     sweep = sweep_rows(model.tokenizer, evaluation.input_ids.shape[1]) if model is not None else []
     sweep_expected = sweep_reference(model, sweep) if sweep else None
     results = []
