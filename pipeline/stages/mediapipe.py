@@ -29,7 +29,9 @@ from pipeline.config import ThresholdConfig
 from pipeline.errors import PipelineError
 from pipeline.mediapipe_model import check_metadata, device_tokenizer, make_mediapipe_ready
 from pipeline.data import sha256_file
-from pipeline.numerics import ArtifactResult, check_thresholds, compare
+from pipeline import numerics
+from pipeline.numerics import ArtifactResult, run_rows
+from pipeline.runtimes.mediapipe import TEXT_INPUT
 from pipeline.stage import ARTIFACTS, JSON, OUTPUTS, Stage
 
 Log = Callable[[str], None]
@@ -85,34 +87,24 @@ def run_texts(artifact: Artifact, texts: list[str]) -> tuple[np.ndarray, list[fl
     check_metadata(artifact.path)  # a file whose metadata broke after the build fails here with its reason
     runner = open_runner(artifact.path, "mediapipe")
     try:
-        if texts:
-            runner.classify(texts[0])  # warm-up
-        out, latencies = [], []
-        for text in texts:
-            started = time.perf_counter()
-            out.append(runner.classify(text))
-            latencies.append(time.perf_counter() - started)
+        if not texts:
+            return np.zeros((0, len(runner.labels)), np.float32), []
+        return run_rows(runner, [{TEXT_INPUT: text} for text in texts])
     except PipelineError:
         raise
     except Exception as err:
         raise PipelineError(f"MediaPipe cannot run the model ({type(err).__name__}: {err})", artifact.path) from None
     finally:
         runner.close()
-    return np.stack(out) if out else np.zeros((0, len(runner.labels)), np.float32), latencies
 
 
 def judge(artifact: Artifact, probabilities: np.ndarray, latencies: list[float], reference_logits: np.ndarray,
           labels: list[int] | None, thresholds: ThresholdConfig) -> ArtifactResult:
     """Probabilities vs the float reference's softmax; limits `mediapipe-<precision>` (or a per-artifact entry)."""
-    reference = softmax(reference_logits)
-    if probabilities.shape != reference.shape:
-        raise PipelineError(f"output shape {list(probabilities.shape)} does not match the reference's "
-                            f"{list(reference.shape)}", artifact.path)
-    metrics = compare(probabilities, reference, labels, latencies)
     limits = thresholds.for_artifact(artifact.file_name, threshold_key(artifact.precision))
-    failures = [f.replace("max_abs_error", "max_abs_error (probability)", 1)
-                for f in check_thresholds(artifact.file_name, metrics, limits)]
-    return ArtifactResult(artifact, metrics, limits, failures, probabilities)
+    result = numerics.judge(artifact, probabilities, latencies, softmax(reference_logits), labels, limits)
+    result.failures = [f.replace("max_abs_error", "max_abs_error (probability)", 1) for f in result.failures]
+    return result
 
 
 def validate(artifacts: list[Artifact], texts: list[str], reference_logits: np.ndarray, labels: list[int] | None,
