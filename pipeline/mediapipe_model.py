@@ -155,6 +155,16 @@ def _new_tensor(model, fb, subgraph, name: str, shape: list[int], dtype: int) ->
     return len(subgraph.tensors) - 1
 
 
+def _new_operator(fb, opcode: int, source: int, target: int, options_type: int, options):
+    op = fb.OperatorT()
+    op.opcodeIndex = opcode
+    op.inputs = np.asarray([source], dtype=np.int32)
+    op.outputs = np.asarray([target], dtype=np.int32)
+    op.builtinOptionsType = options_type
+    op.builtinOptions = options
+    return op
+
+
 def _input_roles(model, subgraph) -> dict[str, int]:
     """ids/mask/segment_ids -> input tensor index, from the signature names (else the tensor names)."""
     named: dict[str, int] = {}
@@ -234,24 +244,14 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
             new_inputs.append(old)
             continue
         new = _new_tensor(model, fb, subgraph, role, [1, max_length], fb.TensorType.INT32)
-        op = fb.OperatorT()
-        op.opcodeIndex = cast
-        op.inputs = np.asarray([new], dtype=np.int32)
-        op.outputs = np.asarray([old], dtype=np.int32)
-        op.builtinOptionsType = fb.BuiltinOptions.CastOptions
-        op.builtinOptions = fb.CastOptionsT()
-        op.builtinOptions.inDataType = fb.TensorType.INT32
-        op.builtinOptions.outDataType = tensor.type
-        front.append(op)
+        options = fb.CastOptionsT()
+        options.inDataType, options.outDataType = fb.TensorType.INT32, tensor.type
+        front.append(_new_operator(fb, cast, new, old, fb.BuiltinOptions.CastOptions, options))
         new_inputs.append(new)
     probability = _new_tensor(model, fb, subgraph, OUTPUT_NAME, out_shape, fb.TensorType.FLOAT32)
-    op = fb.OperatorT()
-    op.opcodeIndex = softmax
-    op.inputs = np.asarray([logits], dtype=np.int32)
-    op.outputs = np.asarray([probability], dtype=np.int32)
-    op.builtinOptionsType = fb.BuiltinOptions.SoftmaxOptions
-    op.builtinOptions = fb.SoftmaxOptionsT()
-    op.builtinOptions.beta = 1.0
+    options = fb.SoftmaxOptionsT()
+    options.beta = 1.0
+    op = _new_operator(fb, softmax, logits, probability, fb.BuiltinOptions.SoftmaxOptions, options)
     subgraph.operators = front + list(subgraph.operators) + [op]
     subgraph.inputs = np.asarray(new_inputs, dtype=np.int32)
     subgraph.outputs = np.asarray([probability], dtype=np.int32)
