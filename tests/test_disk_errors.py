@@ -40,6 +40,17 @@ def mounts(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _fill(folder: Path) -> None:
+    """Fill the file system under `folder`: every later write there gets ENOSPC."""
+    with open(folder / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+
+
 def _build(tmp_path: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
     model = write_tiny_albert(tmp_path / "model")
     data = write_review_data(tmp_path / "eval.csv", count=8)
@@ -54,13 +65,7 @@ def _build(tmp_path: Path, out: Path, cache: Path) -> subprocess.CompletedProces
 
 def test_full_disk_is_one_line_naming_the_folder_and_leaves_nothing_half_written(tmp_path, mounts):
     full = mounts("full")
-    with open(full / "filler", "wb") as handle:  # fill it: every later write gets ENOSPC
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    _fill(full)
     result = _build(tmp_path, tmp_path / "out", full / "cache")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
@@ -86,14 +91,7 @@ def test_an_os_error_without_a_file_name_is_blamed_on_the_full_folder(tmp_path, 
     from pipeline import cli
 
     full = mounts("full2")
-
-    with open(full / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    _fill(full)
     cli.WRITES[:] = [tmp_path / "elsewhere", full / "out"]
     try:
         line = cli.os_error_line(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
