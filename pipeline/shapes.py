@@ -120,9 +120,12 @@ def band(length: int) -> str:
     return f">{BANDS[-1][1]}"
 
 
-def eval_rows(encoded, dynamic: bool) -> list[dict[str, np.ndarray]]:
-    """The eval rows as apps feed them: cut to their own lengths (dynamic) or padded to max_length (static)."""
+def eval_rows(encoded, dynamic: bool, names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """The rows as apps feed them: cut to their own lengths (dynamic) or padded to max_length (static); only the
+    inputs in `names` when given."""
     rows = [encoded.row(i) for i in range(len(encoded))]
+    if names is not None:
+        rows = [{k: v for k, v in row.items() if k in names} for row in rows]
     return [trim(r) for r in rows] if dynamic else rows
 
 

@@ -14,6 +14,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.stages.reference import reference_logits
 from pipeline.model.checkpoint import LoadedModel
+from pipeline.shapes import eval_rows
 from pipeline.tokenization import Encoded
 
 MATCH_TOLERANCE = 1e-4  # max abs logit difference between the export model and the reference
@@ -58,14 +59,6 @@ def dynamic_example(check: Encoded, names: list[str]) -> tuple[torch.Tensor, ...
     return tuple(torch.from_numpy(np.ascontiguousarray(row[name])) for name in names)
 
 
-def check_rows(check: Encoded, names: list[str], dynamic: bool) -> list[dict[str, np.ndarray]]:
-    """The rows as the exported program takes them: padded, or cut to their real length (dynamic)."""
-    from pipeline.shapes import trim
-
-    rows = [{n: check.row(i)[n] for n in names} for i in range(len(check))]
-    return [trim(r) for r in rows] if dynamic else rows
-
-
 def trace(model: LoadedModel, check: Encoded, use_token_type_ids: bool = True, shapes: str = "static") -> Traced:
     names = input_names(use_token_type_ids)
     max_length = check.input_ids.shape[1]
@@ -83,7 +76,7 @@ def trace(model: LoadedModel, check: Encoded, use_token_type_ids: bool = True, s
         module = exported.module()
         reference = reference_logits(model, check)
         mine = np.concatenate(
-            [module(*(torch.from_numpy(row[n]) for n in names)).numpy() for row in check_rows(check, names, dynamic)]
+            [module(*(torch.from_numpy(row[n]) for n in names)).numpy() for row in eval_rows(check, dynamic, names)]
         )
     difference = float(np.abs(mine - reference).max())
     if difference > MATCH_TOLERANCE:

@@ -30,6 +30,7 @@ from pipeline.artifact import Artifact, TensorSpec, check_size
 from pipeline.config import TFLiteConfig
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import LoadedModel
+from pipeline.shapes import eval_rows
 from pipeline.stage import ARTIFACTS, Stage
 from pipeline.tokenization import Encoded
 
@@ -185,18 +186,10 @@ def lower_tflite(
 # --- reference and checks -------------------------------------------------------------------------------
 
 
-def _rows(encoded: Encoded, input_names: list[str], dynamic: bool = False) -> list[dict[str, np.ndarray]]:
-    """Rows as the file takes them: [1, max_length], or cut after their last real token (`dynamic`)."""
-    from pipeline.shapes import trim
-
-    rows = [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
-    return [trim(row) for row in rows] if dynamic else rows
-
-
 def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list[str], dynamic: bool = False) -> np.ndarray:
     outs = []
     with torch.no_grad():
-        for row in _rows(check, input_names, dynamic):
+        for row in eval_rows(check, dynamic, input_names):
             args = [torch.from_numpy(np.ascontiguousarray(row[n])) for n in input_names]
             outs.append(export_model(*args).numpy().astype(np.float32))
     return np.concatenate(outs)
@@ -211,7 +204,7 @@ def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, i
     if missing:
         raise PipelineError(f"the .tflite has inputs {missing} that the model does not take", label)
     try:
-        got, _ = numerics.run_rows(runner, _rows(check, input_names, dynamic))
+        got, _ = numerics.run_rows(runner, eval_rows(check, dynamic, input_names))
     except PipelineError:
         raise
     except Exception as err:

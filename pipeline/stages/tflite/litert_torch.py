@@ -12,14 +12,11 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.shapes import eval_rows
 from pipeline.stages.tflite.onnx2tf import dummy_rows
 from pipeline.stages.tflite.patch import _Exported, int8_gather_embeddings
 
 LITERT_TORCH_MISSING = "litert-torch is not installed; pip install '.[litert-torch]'"
-
-
-def _rows(encoded, input_names):
-    return [{k: v for k, v in encoded.row(i).items() if k in input_names} for i in range(len(encoded))]
 
 
 def convert(model, max_length, scratch, calibration, input_names, log) -> dict[str, Path]:
@@ -30,7 +27,7 @@ def convert(model, max_length, scratch, calibration, input_names, log) -> dict[s
         raise PipelineError(LITERT_TORCH_MISSING) from None
     started = time.perf_counter()
     module = _Exported(model.export_model.eval(), len(input_names) == 3).eval()
-    sample_rows = _rows(calibration, input_names) if len(calibration) else _rows(dummy_rows(max_length), input_names)
+    sample_rows = eval_rows(calibration if len(calibration) else dummy_rows(max_length), False, input_names)
     sample = {n: torch.from_numpy(np.ascontiguousarray(sample_rows[0][n])) for n in input_names}
     try:
         fp32 = litert_torch.convert(module, sample_args=(), sample_kwargs=sample)
