@@ -95,8 +95,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--share", choices=["all", "attention", "ffn", "none"])
     p.add_argument("--layers", type=int)
     p.add_argument("--recurrent", choices=["gru"])
-    p.add_argument("--train-data")
-    p.add_argument("--eval-data")
+    p.add_argument("--train-data", help="CSV/JSONL with text and label columns, or a packaged data set: "
+                                        "bbc_news:train, small_fine_foods:train (default: small_fine_foods)")
+    p.add_argument("--eval-data", help="as --train-data, for the test accuracy: e.g. bbc_news:test")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--epochs", type=int)

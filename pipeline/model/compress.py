@@ -241,8 +241,11 @@ def load_compress_data(cfg: CompressConfig, label_names: list[str] | None) -> tu
 
 
 def _label_names_from(path: str, cfg: CompressConfig) -> list[str]:
-    from pipeline.data import _read_rows
+    from pipeline.data import _read_rows, packaged_labels
 
+    names = packaged_labels(path)  # a packaged data set (bbc_news:train) has its own label names
+    if names:
+        return names
     rows = _read_rows(Path(path))
     if not rows or cfg.label_column not in rows[0]:
         raise PipelineError(f"no label column {cfg.label_column!r}", path)
