@@ -215,7 +215,10 @@ def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run,
         assert {"16", "max"} <= set(section["memory"][name]) and section["memory"][name]["16"] >= 0
         if name.endswith(".pte"):
             assert section["memory"][name]["planned_bytes"] > 0, name
-    assert {r["name"] for r in rows} == set(files)  # --compare folders are not in the sweep
+    own = {r["name"] for r in rows if r["role"] == "artifact"}
+    assert own == set(files)
+    compared = {r["name"] for r in rows if r["role"] == "compare"}  # --compare folders run in the same sweep
+    assert compared and all(": " in name for name in compared), compared
     # no --static folder: the variable-length targets are N/A and say how to get them
     length_checks = [t for t in result["targets"] if "x static" in t["target"]]
     assert len(length_checks) == 2 * len(files) and {t["status"] for t in length_checks} == {"N/A"}
@@ -247,3 +250,21 @@ def test_length_targets_are_ratios_against_the_static_file_of_the_same_runtime_a
     table[0]["median_ms"] = 3.0
     short = {c["target"]: c for c in length_targets(table, [1])}["a.int8.pte latency at 16 tokens <= 0.25 x static"]
     assert short["status"] == "MISS" and short["over_by_percent"] == 20.0
+
+
+def test_a_longer_max_length_build_is_checked_at_the_lengths_both_builds_take():
+    from pipeline.bench.lengths import MAX_LENGTH_COST, max_length_checks
+
+    def rows(name, max_length, times, runtime="executorch"):
+        common = {"name": name, "role": "artifact", "runtime": runtime, "precision": "int8", "shapes": "dynamic",
+                  "max_length": max_length, "threads": 1, "point": "length"}
+        return [{**common, "seq": n, "median_ms": ms} for n, ms in times.items()]
+
+    table = (rows("a.int8.pte", 128, {16: 1.0, 128: 5.0}) + rows("dyn512: a.int8.pte", 512, {16: 1.05, 128: 5.0, 512: 30.0})
+             + rows("a.int8.tflite", 128, {16: 1.0}, runtime="litert"))
+    (check,) = max_length_checks(table, [1])
+    assert check["subject"] == "dyn512: a.int8.pte" and check["baseline"] == "a.int8.pte"
+    assert check["status"] == "PASS" and check["seq"] == 16 and check["ratio"] == 1.05  # 512 is not compared
+    table[1 + 0]["median_ms"] = 5.0 / (MAX_LENGTH_COST + 0.05)
+    (check,) = max_length_checks(table, [1])
+    assert check["status"] == "MISS" and check["seq"] == 128

@@ -42,7 +42,7 @@ from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candid
                                        eager_candidates, encode_rows, export_input_names, ort_candidates,
                                        rebuild_for_length, static_length)
 from pipeline.bench.lengths import (CLOCKS, MEMORY_SHORT, length_candidates, shapes_of, length_rows, length_targets,
-                                    model_token_ids, planned_arena_bytes, sweep_lengths, write_length_inputs, write_workload)
+                                    max_length_checks, model_token_ids, planned_arena_bytes, sweep_lengths, write_length_inputs, write_workload)
 from pipeline.bench.render import machine_info, plot, render_markdown, summary_lines
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
@@ -95,12 +95,12 @@ def command_line(args) -> str:
 
 
 def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads: list[int], runs: int, warmup: int,
-                 inputs: Path, source: Path, static: tuple[Path, dict] | None, scratch: Path, log: Log,
-                 notes: list[str], known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
+                 inputs: Path, source: Path, static: tuple[Path, dict] | None, compare: dict[Path, dict],
+                 scratch: Path, log: Log, notes: list[str], known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
     """Latency against length, the workload figure and peak memory per file (pipeline/bench/lengths.py)."""
     from pipeline.data import load_small_fine_foods
 
-    candidates = length_candidates(folder, manifest, params, static)
+    candidates = length_candidates(folder, manifest, params, static, compare)
     if static and static[1]["model"].get("source_sha256") != manifest["model"].get("source_sha256"):
         notes.append(f"--static {static[0]} was built from another checkpoint than {folder}: its ratios compare models too")
     extra = parse_int_list(getattr(args, "lengths", None), "lengths")
@@ -150,7 +150,7 @@ def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads
                "files": [{k: c[k] for k in ("name", "role", "runtime", "precision", "shapes", "max_length", "bytes")}
                          for c in candidates],
                "rows": rows}
-    return section, length_targets(rows, threads)
+    return section, length_targets(rows, threads) + max_length_checks(rows, threads)
 
 
 def bench(args, log: Log = print) -> int:
@@ -256,7 +256,7 @@ def bench(args, log: Log = print) -> int:
         if sweep:
             inputs = encode_rows(model, own_length, scratch / "inputs-lengths.npz")
             length_section, length_checks = length_sweep(args, folder, manifest, model, params, threads, runs, warmup,
-                                                         inputs, source, static, scratch, log, notes,
+                                                         inputs, source, static, compare, scratch, log, notes,
                                                          {r["name"]: r.get("peak_rss_delta_mb") for r in rows
                                                           if r["seq"] == own_length and r["origin"] == "artifact"})
     finally:

@@ -15,6 +15,9 @@
 - Targets (ratios from this one run): for each dynamic file with a static file of the same runtime and
   precision, workload <= 0.65 x the static file's workload, and latency at 16 tokens <= 0.25 x the static file
   at its own length (128 for the default build).
+- `--compare DIR` folders join the sweep (role "compare"). When one holds a dynamic file of the same runtime and
+  precision with another max_length, the larger build's latency at every sweep length both take must stay within
+  1.10 x the smaller build's: a longer position limit must not cost short texts.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ MEMORY_SHORT = 16
 WORKLOAD_TARGET = 0.65
 SHORT_TARGET = 0.25
 SHORT_LENGTH = 16
+MAX_LENGTH_COST = 1.10  # a larger-max_length build vs a smaller one, at the lengths both take
 CLOCKS = ("wall", "cpu")
 
 
@@ -46,8 +50,10 @@ def shapes_of(manifest: dict) -> str:
     return (manifest.get("shape_contract") or {}).get("shapes", "static")
 
 
-def length_candidates(folder: Path, manifest: dict, params: int, static: tuple[Path, dict] | None) -> list[dict]:
-    """The bench folder's files (role "artifact") and the --static folder's (role "static", names prefixed)."""
+def length_candidates(folder: Path, manifest: dict, params: int, static: tuple[Path, dict] | None,
+                      compare: dict[Path, dict] | None = None) -> list[dict]:
+    """The bench folder's files (role "artifact"), the --static folder's (role "static") and the --compare
+    folders' (role "compare"); names of the others prefixed."""
     out = [{**c, "role": "artifact", "shapes": shapes_of(manifest), "max_length": static_length(manifest)}
            for c in artifact_candidates(folder, manifest, params)]
     if static:
@@ -58,6 +64,12 @@ def length_candidates(folder: Path, manifest: dict, params: int, static: tuple[P
         out += [{**c, "name": f"static: {c['name']}", "role": "static", "shapes": "static",
                  "max_length": static_length(s_manifest), "origin": f"--static {s_folder}"}
                 for c in artifact_candidates(s_folder, s_manifest, s_params)]
+    for c_folder, c_manifest in (compare or {}).items():
+        c_params = int(c_manifest["model"].get("params") or params)
+        label = c_folder.parent.name if c_folder.name in ("android", "ios") else c_folder.name
+        out += [{**c, "name": f"{label}: {c['name']}", "role": "compare", "shapes": shapes_of(c_manifest),
+                 "max_length": static_length(c_manifest), "origin": f"--compare {c_folder}"}
+                for c in artifact_candidates(c_folder, c_manifest, c_params)]
     return out
 
 
@@ -209,6 +221,38 @@ def length_targets(rows: list[dict], threads: list[int]) -> list[dict]:
     return checks
 
 
+def max_length_checks(rows: list[dict], threads: list[int]) -> list[dict]:
+    """Issue 14's "a --max-length 512 build costs short texts no more than a 128 build": for every pair of dynamic
+    files of one runtime and precision with different max_length, the larger's latency over the smaller's at each
+    length both ran; the worst ratio must be <= MAX_LENGTH_COST."""
+    checks = []
+    dynamic = list(dict.fromkeys((r["name"], r["runtime"], r["precision"], r["max_length"]) for r in rows
+                                 if r["shapes"] == "dynamic" and r["point"] == "length"))
+    for t in threads:
+        for big, runtime, precision, big_max in dynamic:
+            for small, runtime2, precision2, small_max in dynamic:
+                if (runtime2, precision2) != (runtime, precision) or small_max >= big_max:
+                    continue
+                ratios = {}
+                for r in rows:
+                    if r["name"] == small and r["threads"] == t and r["point"] == "length":
+                        mine = _point(rows, big, t, r["seq"])
+                        if mine and r["median_ms"]:
+                            ratios[r["seq"]] = mine["median_ms"] / r["median_ms"]
+                if not ratios:
+                    continue
+                seq, worst = max(ratios.items(), key=lambda kv: kv[1])
+                passed = worst <= MAX_LENGTH_COST
+                each = ", ".join(f"{n}: {v:.3f}" for n, v in sorted(ratios.items()))
+                checks.append({"target": f"{big} (max {big_max}) costs texts <= {MAX_LENGTH_COST} x {small} (max "
+                                         f"{small_max})", "seq": seq, "threads": t, "limit_ratio": MAX_LENGTH_COST,
+                               "subject": big, "baseline": small, "ratio": round(worst, 4),
+                               "status": "PASS" if passed else "MISS",
+                               "detail": f"latency ratio per length ({each}); worst {worst:.3f}x at {seq} tokens "
+                                         f"(limit {MAX_LENGTH_COST:g}x)"})
+    return checks
+
+
 def render_lengths(section: dict | None) -> list[str]:
     if not section:
         return []
@@ -216,7 +260,7 @@ def render_lengths(section: dict | None) -> list[str]:
     lengths = section["lengths"]
     memory = section.get("memory", {})
     lines = ["", f"## Latency against length ({section['clock']} clock)", "",
-             f"One worker process per thread setting loads every file ({'this folder and the --static folder' if section.get('static') else 'this folder'}); "
+             f"One worker process per thread setting loads every file ({'this folder, the --static and --compare folders' if section.get('static') else 'this folder and any --compare folders'}); "
              f"{section['runs']} rounds after {section['warmup_runs']} warm-up, each running every (file, length) pair once in "
              f"a shuffled order; medians in ms. Inputs: synthetic rows of exactly that many tokens (a static file pads "
              f"them to its length). Workload: mean ms per text over {section['workload_texts']} small_fine_foods test "
@@ -273,5 +317,5 @@ def model_token_ids(model) -> tuple[int, int, int]:
     return int(model.spec.vocab_size), int(cls_id), int(sep_id)
 
 
-__all__ = ["SWEEP", "length_candidates", "length_rows", "length_targets", "render_lengths", "sweep_lengths",
+__all__ = ["SWEEP", "length_candidates", "length_rows", "length_targets", "max_length_checks", "render_lengths", "sweep_lengths",
            "sweep_worker", "write_workload", "write_length_inputs", "model_files", "CLOCKS"]
