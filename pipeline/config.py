@@ -121,7 +121,7 @@ class CompressConfig:
     label_column: str = "label"
     max_length: int = DEFAULT_MAX_LENGTH
     teacher_epochs: int = 2
-    epochs: int = 2
+    epochs: int = 4  # distillation epochs
     batch_size: int = 32
     teacher_lr: float = 5e-5
     lr: float = 1e-4
@@ -137,11 +137,11 @@ class CompressConfig:
     dev_fraction: float = 0.1
     # Intermediate-layer distillation (the shared layer's call i against teacher layer i): weight of the MSE
     # of per-token standardised hidden states, and of the KL of attention distributions. 0 = off.
-    hidden_weight: float = 0.0
+    hidden_weight: float = 1.0
     attention_weight: float = 0.0
     # Teacher-labelled augmentation: this many corrupted copies of each train text an epoch (0 = off), each
     # word piece masked / replaced / span-deleted with probability augment_prob.
-    augment_copies: int = 0
+    augment_copies: int = 1
     augment_prob: float = 0.1
     device: str = "auto"  # auto | cpu | cuda (auto: CUDA when present, with bf16/fp16 autocast)
     resume: bool = False  # continue from the last finished epoch in <out>.work/
