@@ -191,7 +191,7 @@ def test_ort_int8_baseline_quantizes_every_linear_layer(tiny_builds, tmp_path):
     assert len(quantized) >= 6 * layers  # q, k, v, dense, ffn, ffn_output per layer call
 
 
-def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run, result):
+def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run, tiny_builds, result):
     """Issue 14: latency against length (8, 16, ..., max_length) for every model file, and the workload figure."""
     import math
 
@@ -217,8 +217,10 @@ def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run,
             assert section["memory"][name]["planned_bytes"] > 0, name
     own = {r["name"] for r in rows if r["role"] == "artifact"}
     assert own == set(files)
-    compared = {r["name"] for r in rows if r["role"] == "compare"}  # --compare folders run in the same sweep
-    assert compared and all(": " in name for name in compared), compared
+    ios = json.loads((tiny_builds["ios"] / "manifest.json").read_text())  # the --compare folder: same sweep
+    compared = {r["name"] for r in rows if r["role"] == "compare"}
+    assert compared == {f"{ios['model']['name']}: {f['path']}" for f in ios["files"]
+                        if f["runtime"] in ("executorch", "litert")}, compared
     # no --static folder: the variable-length targets are N/A and say how to get them
     length_checks = [t for t in result["targets"] if "x static" in t["target"]]
     assert len(length_checks) == 2 * len(files) and {t["status"] for t in length_checks} == {"N/A"}

@@ -40,12 +40,17 @@ def static_length(manifest: dict) -> int:
     return int(manifest["model"].get("max_length") or manifest.get("tokenizer", {}).get("max_length") or 0)
 
 
+def compare_label(folder: Path, manifest: dict) -> str:
+    """The `<label>: ` prefix of a --compare folder's files in every bench table."""
+    return manifest["model"].get("name") or folder.name
+
+
 def compared_candidates(folder: Path, manifest: dict, length: int) -> list[dict]:
     """`--compare`: another folder's model files (e.g. a model variant), run in the same interleaved rounds.
     Their rows are marked `compared` and never count for this folder's targets."""
     if static_length(manifest) != length:
         return []
-    label = manifest["model"].get("name") or folder.name
+    label = compare_label(folder, manifest)
     params = int(manifest["model"]["params"])
     return [{**c, "name": f"{label}: {c['name']}", "compared": True, "origin": f"--compare {folder}",
              "params": params} for c in artifact_candidates(folder, manifest, params)]

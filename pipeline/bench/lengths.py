@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench.candidates import artifact_candidates, model_files, static_length
+from pipeline.bench.candidates import artifact_candidates, compare_label, model_files, static_length
 from pipeline.errors import PipelineError
 
 SWEEP = (8, 16, 32, 64, 128)
@@ -66,7 +66,7 @@ def length_candidates(folder: Path, manifest: dict, params: int, static: tuple[P
                 for c in artifact_candidates(s_folder, s_manifest, s_params)]
     for c_folder, c_manifest in (compare or {}).items():
         c_params = int(c_manifest["model"].get("params") or params)
-        label = c_folder.parent.name if c_folder.name in ("android", "ios") else c_folder.name
+        label = compare_label(c_folder, c_manifest)
         out += [{**c, "name": f"{label}: {c['name']}", "role": "compare", "shapes": shapes_of(c_manifest),
                  "max_length": static_length(c_manifest), "origin": f"--compare {c_folder}"}
                 for c in artifact_candidates(c_folder, c_manifest, c_params)]
