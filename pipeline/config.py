@@ -82,6 +82,9 @@ class QuantizeConfig:
 class TFLiteConfig:
     converter: str = "onnx2tf"  # or "litert-torch"
     quant: str = "dynamic"  # int8 mode for the onnx2tf route: "dynamic" (weights int8) or "static"
+    # dynamic int8's embedding tables: "vocabulary" (only the V x E table int8, the position table etc. float:
+    # TFLite gives a table one int8 scale; see stages/tflite/float_tables.py) or "all" (the converter's choice)
+    int8_tables: str = "vocabulary"
 
 
 @dataclass

@@ -28,63 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.tflite_flatbuffer import pack_model, read_model
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
-TFLITE_IDENTIFIER = b"TFL3"
 MIN_PARSER_VERSION = "1.1.0"  # tokenizer process units need metadata parser 1.1.0 (MediaPipe's metadata_version.cc)
 INPUT_ROLES = {"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "segment_ids"}
 INPUT_ORDER = ("ids", "mask", "segment_ids")
 LABEL_FILE = "labels.txt"
 OUTPUT_NAME = "probability"
 TOKENIZER_KINDS = ("wordpiece", "sentencepiece")
-
-
-BUFFER_ALIGNMENT = 16  # what TFLite's converter uses; unaligned constant buffers are copied at load, not mmapped
-
-
-def _pack(model, size_hint: int) -> bytes:
-    """The ModelT as a .tflite flatbuffer with every constant buffer 16-byte aligned (the generated object API
-    aligns uint8 vectors to 1 byte only)."""
-    import flatbuffers
-
-    _, fb = _schemas()
-
-    def aligned_vector(builder, data: np.ndarray) -> int:
-        raw = np.ascontiguousarray(data, dtype=np.uint8).tobytes()
-        builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
-        builder.head = builder.head - len(raw)
-        builder.Bytes[builder.Head():builder.Head() + len(raw)] = raw
-        return builder.EndVector()
-
-    builder = flatbuffers.Builder(size_hint + 1024)
-    vectors = {}
-    for index, buffer in enumerate(model.buffers or []):  # data vectors first (no nesting inside tables)
-        if buffer.data is not None and len(buffer.data):
-            vectors[index] = aligned_vector(builder, np.asarray(buffer.data))
-    saved = [(b, b.data) for b in model.buffers or []]
-    offsets = []
-    for index, buffer in enumerate(model.buffers or []):
-        fb.BufferStart(builder)
-        if index in vectors:
-            fb.BufferAddData(builder, vectors[index])
-        fb.BufferAddOffset(builder, buffer.offset)
-        fb.BufferAddSize(builder, buffer.size)
-        offsets.append(fb.BufferEnd(builder))
-
-    class Packed:  # stands in for a BufferT whose table is already written
-        def __init__(self, offset):
-            self.offset = offset
-
-        def Pack(self, _builder):
-            return self.offset
-
-    model.buffers = [Packed(o) for o in offsets]
-    try:
-        builder.Finish(model.Pack(builder), TFLITE_IDENTIFIER)
-    finally:
-        model.buffers = [b for b, _ in saved]
-    return bytes(builder.Output())
 
 
 def _schemas():
@@ -192,10 +145,7 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
     keep their dynamic signatures and take their shapes when the interpreter allocates."""
 
     _, fb = _schemas()
-    try:
-        model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(tflite, 0))
-    except Exception as err:
-        raise PipelineError(f"not a TFLite flatbuffer ({type(err).__name__}: {err})") from None
+    model = read_model(tflite, fb)
     if len(model.subgraphs or []) != 1:
         raise PipelineError(f"MediaPipe needs a single-subgraph model, got {len(model.subgraphs or [])} subgraphs")
     subgraph = model.subgraphs[0]
@@ -264,7 +214,7 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
         item = fb.TensorMapT()
         item.name, item.tensorIndex = OUTPUT_NAME, probability
         sig.outputs = [item]
-    return _pack(model, len(tflite)), max_length, out_shape[1]
+    return pack_model(model, len(tflite), fb), max_length, out_shape[1]
 
 
 def probe_graph(max_length: int) -> bytes:
@@ -294,7 +244,7 @@ def probe_graph(max_length: int) -> bytes:
     subgraph.inputs = np.asarray(inputs, dtype=np.int32)
     subgraph.outputs = np.asarray([out], dtype=np.int32)
     model.subgraphs = [subgraph]
-    return _pack(model, 4096)
+    return pack_model(model, 4096, fb)
 
 
 # --- metadata ---------------------------------------------------------------------------------------------
@@ -358,7 +308,7 @@ def attach_metadata(tflite: bytes, metadata: bytes, files: dict[str, bytes]) -> 
     stored uncompressed, as MediaPipe's metadata extractor reads it)."""
 
     _, fb = _schemas()
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(tflite, 0))
+    model = read_model(tflite, fb)
     buffer = fb.BufferT()
     buffer.data = np.frombuffer(metadata, dtype=np.uint8)
     model.metadata = [m for m in (model.metadata or []) if _text(m.name) != METADATA_NAME]
@@ -366,7 +316,7 @@ def attach_metadata(tflite: bytes, metadata: bytes, files: dict[str, bytes]) -> 
     entry = fb.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata.append(entry)
-    out = io.BytesIO(_pack(model, len(tflite) + len(metadata)))
+    out = io.BytesIO(pack_model(model, len(tflite) + len(metadata), fb))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         for name, data in files.items():  # fixed timestamps: the same inputs give the same bytes (cache keys)

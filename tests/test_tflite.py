@@ -172,6 +172,8 @@ def test_bad_config_and_inputs(tiny_albert, tmp_path):
         stage.lower_tflite(model, TFLiteConfig(converter="tflite-magic"), 16, tmp_path, rows, rows)
     with pytest.raises(PipelineError, match="unknown TFLite quantization"):
         stage.lower_tflite(model, TFLiteConfig(quant="float8"), 16, tmp_path, rows, rows)
+    with pytest.raises(PipelineError, match=r"unknown \[tflite\] int8_tables 'some'"):
+        stage.lower_tflite(model, TFLiteConfig(int8_tables="some"), 16, tmp_path, rows, rows)
     nothing = np.zeros((0, 16), dtype=np.int64)
     empty = Encoded(nothing, nothing, nothing, 0)
     with pytest.raises(PipelineError, match="no check rows"):
@@ -231,3 +233,59 @@ def test_stop_kills_the_converter_before_it_writes(tiny_albert, tmp_path):
     scratch = workdir / ".albert.tflite-work"
     assert (scratch / "model.onnx").is_file(), "the stage stopped before the converter started"
     assert not list(scratch.rglob("*.tflite")) and not (scratch / "saved_model").exists(), "the converter wrote output"
+
+
+def _gather_tables(tflite: bytes) -> dict[tuple[int, ...], tuple[str, np.ndarray | None]]:
+    """{table shape: (type name, float values or None)} of every GATHER's table in the file."""
+    from pipeline.tflite_flatbuffer import builtin_code, constant, litert_schema, read_model
+
+    schema = litert_schema()
+    model = read_model(tflite)
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    tables = {}
+    for op in graph.operators:
+        if builtin_code(model, op) == schema.BuiltinOperator.GATHER:
+            tensor = graph.tensors[op.inputs[0]]
+            values = constant(model, tensor, np.float32) if tensor.type == schema.TensorType.FLOAT32 else None
+            tables[tuple(int(s) for s in tensor.shape)] = (names[tensor.type], values)
+    return tables
+
+
+def test_dynamic_int8_puts_every_table_but_the_vocabulary_back_to_float(tmp_path):
+    """TFLite gives an int8 table one scale: the position table goes back to float (exactly the fp32 file's
+    values), the vocabulary table stays int8, and a float file that does not match is refused, not used."""
+    from pipeline.stages.tflite.float_tables import keep_tables_float
+    from pipeline.tflite_flatbuffer import constant, pack_model, read_model
+
+    model = _load(write_tiny_albert(tmp_path / "model", embedding_size=16, hidden_size=32), 32)
+    rows = encode(model.tokenizer, TEXTS, 32)
+    artifacts = stage.lower_tflite(model, TFLiteConfig(int8_tables="all"), 32, tmp_path / "out", calibration=rows,
+                                   check=rows, log=lambda _: None, shapes="dynamic")
+    fp32, int8 = (a.path.read_bytes() for a in artifacts)
+    vocab = (model.spec.vocab_size, 16)
+    position = (model.spec.max_position_embeddings, 16)
+    assert "float_tables" not in artifacts[1].details
+    assert {k: v[0] for k, v in _gather_tables(int8).items() if k in (vocab, position)} == {vocab: "INT8", position: "INT8"}
+
+    restored, report = keep_tables_float(int8, fp32, model.spec.vocab_size)
+    assert [(r["shape"], r["bytes_added"]) for r in report] == [(list(position), 3 * position[0] * position[1])]
+    tables = _gather_tables(restored)
+    assert tables[vocab][0] == "INT8" and tables[position][0] == "FLOAT32"
+    weights = model.export_model.albert.embeddings.position_embeddings.weight.detach().numpy()
+    np.testing.assert_array_equal(tables[position][1], weights)
+    path = tmp_path / "restored.tflite"
+    path.write_bytes(restored)
+    runner = LiteRTRunner(path)
+    reference = LiteRTRunner(artifacts[0].path)
+    for i in (0, 3):
+        row = {k: v[:, : int(rows.attention_mask[i].sum())] for k, v in rows.row(i).items()}
+        assert np.abs(runner.run(row) - reference.run(row)).max() < 0.15
+
+    other = read_model(fp32)  # the fp32 file with its position table changed by more than half an int8 step
+    for tensor in other.subgraphs[0].tensors:
+        values = constant(other, tensor, np.float32) if tensor.type == 0 else None
+        if values is not None and values.shape == position:
+            other.buffers[tensor.buffer].data = np.frombuffer((values * 1.5).astype(np.float32).tobytes(), np.uint8)
+    with pytest.raises(PipelineError, match=r"int8 table .* has no float counterpart in the fp32 file"):
+        keep_tables_float(int8, pack_model(other, len(fp32)), model.spec.vocab_size)

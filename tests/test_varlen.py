@@ -122,6 +122,8 @@ def test_dynamic_tflite_runs_any_length_and_refuses_longer(model, rows, tmp_path
     artifacts = stage.lower_tflite(model, TFLiteConfig(), MAX, tmp_path / "out", calibration=rows, check=rows,
                                    log=lambda _: None, shapes="dynamic")
     assert [a.precision for a in artifacts] == ["fp32", "int8"]
+    position_table = [model.spec.max_position_embeddings, model.spec.embedding_size]
+    assert [t["shape"] for t in artifacts[1].details["float_tables"]] == [position_table]
     for artifact in artifacts:
         signatures = [d["shape_signature"].tolist() for d in Interpreter(model_path=str(artifact.path)).get_input_details()]
         assert signatures == [[1, -1]] * 3

@@ -71,10 +71,11 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
     """Add (or replace) the `max_length` metadata entry of a .tflite; with `num_labels`, also declare the output
     `[1, num_labels]` (onnx2tf leaves a dynamic file's logits at shape [1, 1], signature [1, -1]; the class count
     does not depend on the length, and the interpreter computes the real shape when it allocates)."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from pipeline.tflite_flatbuffer import litert_schema, pack_model, read_model
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(path).read_bytes(), 0))
+    schema = litert_schema()
+    data = Path(path).read_bytes()
+    model = read_model(data)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(str(int(max_length)).encode(), dtype=np.uint8)
     model.buffers.append(buffer)
@@ -90,6 +91,4 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
             if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 2:
                 tensor.shape = np.asarray([1, num_labels], dtype=np.int32)
                 tensor.shapeSignature = None
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    Path(path).write_bytes(bytes(builder.Output()))
+    Path(path).write_bytes(pack_model(model, len(data)))

@@ -3,7 +3,8 @@
 Two converters (`TFLiteConfig.converter`), each in its own module:
 
 onnx2tf (default)       patch.py (export patching) -> onnx_passes.py (torch.onnx.export at [1, max_length],
-                        graph passes) -> onnx2tf.py (onnx2tf + TF's TFLite converter in a subprocess);
+                        graph passes) -> onnx2tf.py (onnx2tf + TF's TFLite converter in a subprocess) ->
+                        float_tables.py (dynamic int8: tables other than the vocabulary's back to float);
                         diagnose.py names the first diverging ONNX op of a wrong file.
 litert-torch (optional) litert_torch.py: litert_torch.convert of the module itself.
 
@@ -31,6 +32,7 @@ from pipeline.config import TFLiteConfig
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.shapes import eval_rows
+from pipeline.stages.tflite.float_tables import INT8_TABLES
 from pipeline.stage import ARTIFACTS, Stage
 from pipeline.tokenization import Encoded
 
@@ -88,6 +90,8 @@ def lower_tflite(
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
         raise PipelineError(f"unknown TFLite quantization {config.quant!r}; choose one of {list(QUANT_MODES)}")
+    if config.int8_tables not in INT8_TABLES:
+        raise PipelineError(f"unknown [tflite] int8_tables {config.int8_tables!r}; choose one of {list(INT8_TABLES)}")
     if len(check) == 0:
         raise PipelineError("no check rows: a .tflite is only written after it was compared with the float model")
     if config.quant == "static" and len(calibration) == 0:

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.config import TFLiteConfig
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import LoadedModel
+from pipeline.stages.tflite.float_tables import keep_tables_float
 from pipeline.stages.tflite.onnx_passes import export_onnx, prepare_for_onnx2tf
 from pipeline.tokenization import Encoded
 
@@ -88,7 +89,15 @@ def convert(model: LoadedModel, config: TFLiteConfig, max_length: int, scratch: 
             elapsed = time.perf_counter() - started
             log(f"  onnx2tf {options or ''} + TFLite converter ({config.quant} int8): {elapsed:.1f} s")
             made = {"fp32": Path(job["fp32"]), "int8": Path(job["int8"])}
-            return made, onnx_path, {"onnx2tf_options": options, "onnx2tf_attempts": attempt}
+            extra = {"onnx2tf_options": options, "onnx2tf_attempts": attempt}
+            if config.quant == "dynamic" and config.int8_tables == "vocabulary":
+                int8, restored = keep_tables_float(made["int8"].read_bytes(), made["fp32"].read_bytes(),
+                                                   model.spec.vocab_size)
+                made["int8"].write_bytes(int8)
+                extra["float_tables"] = restored
+                for table in restored:
+                    log(f"  int8 .tflite: table {table['table']} {table['shape']} kept float (+{table['bytes_added']} bytes)")
+            return made, onnx_path, extra
         reason = result.get("error") or _log_errors(log_path) or f"exit code {code}"
         ops = _log_ops(log_path)
         failures.append(f"attempt {attempt} {options or '(defaults)'}: {reason}{' at ONNX op ' + ops if ops else ''} "
