@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.tflite_flatbuffer import pack_model, read_model
+from pipeline.tflite_flatbuffer import opcode_builtin, pack_model, read_model
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -87,7 +87,7 @@ def _canonical(name: str) -> str | None:
 
 def _op_index(model, fb, builtin: int) -> int:
     for i, code in enumerate(model.operatorCodes or []):
-        if max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0) == builtin:
+        if opcode_builtin(code) == builtin:
             return i
     code = fb.OperatorCodeT()
     code.builtinCode = builtin

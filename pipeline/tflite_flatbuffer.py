@@ -69,7 +69,11 @@ def pack_model(model, size_hint: int, schema=None) -> bytes:
 
 
 def builtin_code(model, op) -> int:
-    code = model.operatorCodes[op.opcodeIndex]
+    return opcode_builtin(model.operatorCodes[op.opcodeIndex])
+
+
+def opcode_builtin(code) -> int:
+    """An OperatorCodeT's builtin operator (schema 3a keeps codes < 127 in the deprecated field too)."""
     return max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0)
 
 
