@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.tflite_flatbuffer import opcode_builtin, pack_model, read_model
+from pipeline.tflite_flatbuffer import opcode_builtin, pack_model, read_model, text
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -123,11 +123,11 @@ def _input_roles(model, subgraph) -> dict[str, int]:
     named: dict[str, int] = {}
     for sig in model.signatureDefs or []:
         for item in sig.inputs or []:
-            named[item.name.decode() if isinstance(item.name, bytes) else item.name] = item.tensorIndex
+            named[text(item.name)] = item.tensorIndex
     if not named:
         for index in subgraph.inputs:
             name = subgraph.tensors[index].name
-            named[name.decode() if isinstance(name, bytes) else name] = index
+            named[text(name)] = index
     roles = {}
     for name, index in named.items():
         canonical = _canonical(name)
@@ -159,7 +159,7 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
         from pipeline.runtimes.litert import MAX_LENGTH_KEY
 
         for entry in model.metadata or []:
-            if _text(entry.name) == MAX_LENGTH_KEY:
+            if text(entry.name) == MAX_LENGTH_KEY:
                 max_length = int(bytes(model.buffers[entry.buffer].data).decode())
     for i in roles.values():  # a dynamic length: fix it at max_length
         tensor = subgraph.tensors[i]
@@ -258,9 +258,9 @@ def metadata_buffer(labels: list[str], tokenizer: DeviceTokenizer, name: str, de
     if tokenizer.kind not in TOKENIZER_KINDS:
         raise PipelineError(f"unknown tokenizer kind {tokenizer.kind!r}; MediaPipe runs {list(TOKENIZER_KINDS)}")
 
-    def feature(tensor_name: str, text: str):
+    def feature(tensor_name: str, description: str):
         t = md.TensorMetadataT()
-        t.name, t.description = tensor_name, text
+        t.name, t.description = tensor_name, description
         t.content = md.ContentT()
         t.content.contentPropertiesType = md.ContentProperties.FeatureProperties
         t.content.contentProperties = md.FeaturePropertiesT()
@@ -311,7 +311,7 @@ def attach_metadata(tflite: bytes, metadata: bytes, files: dict[str, bytes]) -> 
     model = read_model(tflite, fb)
     buffer = fb.BufferT()
     buffer.data = np.frombuffer(metadata, dtype=np.uint8)
-    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != METADATA_NAME]
+    model.metadata = [m for m in (model.metadata or []) if text(m.name) != METADATA_NAME]
     model.buffers.append(buffer)
     entry = fb.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
@@ -322,10 +322,6 @@ def attach_metadata(tflite: bytes, metadata: bytes, files: dict[str, bytes]) -> 
         for name, data in files.items():  # fixed timestamps: the same inputs give the same bytes (cache keys)
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def make_mediapipe_ready(source: Path, target: Path, labels: list[str], tokenizer: DeviceTokenizer,
@@ -371,7 +367,7 @@ def check_metadata(path: Path) -> dict:
         raise PipelineError(f"MediaPipe needs one subgraph, the file has {subgraphs}", path)
     raw = None
     for i in range(model.MetadataLength()):
-        if _text(model.Metadata(i).Name()) == METADATA_NAME:
+        if text(model.Metadata(i).Name()) == METADATA_NAME:
             raw = model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy()
     if raw is None or isinstance(raw, int) or len(raw) == 0:
         raise PipelineError("no TFLite metadata (TFLITE_METADATA): MediaPipe cannot find the tokenizer or labels", path)
@@ -386,7 +382,7 @@ def check_metadata(path: Path) -> dict:
         raise PipelineError(f"metadata must describe one subgraph, found {len(meta.subgraphMetadata or [])}", path)
     sub = meta.subgraphMetadata[0]
     graph = model.Subgraphs(0)
-    names = [_text(t.name) for t in sub.inputTensorMetadata or []]
+    names = [text(t.name) for t in sub.inputTensorMetadata or []]
     if graph.InputsLength() != len(names) or sorted(names) != sorted(INPUT_ORDER):
         raise PipelineError(f"input tensor metadata must name the {graph.InputsLength()} inputs "
                             f"{list(INPUT_ORDER)}; found {names}", path)
@@ -418,7 +414,7 @@ def check_metadata(path: Path) -> dict:
     except zipfile.BadZipFile:
         raise PipelineError("no files packed in the model (the tokenizer and label files must be appended as a zip)",
                             path) from None
-    tokenizer_file = _text(files[0].name)
+    tokenizer_file = text(files[0].name)
     outputs = sub.outputTensorMetadata or []
     if graph.OutputsLength() != 1 or len(outputs) != 1:
         raise PipelineError(f"expected one output with metadata; the graph has {graph.OutputsLength()}, "
@@ -430,7 +426,7 @@ def check_metadata(path: Path) -> dict:
     label_files = [f for f in outputs[0].associatedFiles or [] if f.type == md.AssociatedFileType.TENSOR_AXIS_LABELS]
     if not label_files:
         raise PipelineError("the output has no TENSOR_AXIS_LABELS file: MediaPipe cannot name the classes", path)
-    label_file = _text(label_files[0].name)
+    label_file = text(label_files[0].name)
     for needed in (tokenizer_file, label_file):
         if needed not in packed:
             raise PipelineError(f"{needed!r} is named in the metadata but not packed in the file "
@@ -442,4 +438,4 @@ def check_metadata(path: Path) -> dict:
     if len(labels) != out_shape[1]:
         raise PipelineError(f"{label_file} has {len(labels)} labels for {out_shape[1]} outputs", path)
     return {"tokenizer": kind, "tokenizer_file": tokenizer_file, "max_length": lengths.pop(), "labels": labels,
-            "inputs": names, "output": _text(outputs[0].name), "min_parser_version": _text(meta.minParserVersion)}
+            "inputs": names, "output": text(outputs[0].name), "min_parser_version": text(meta.minParserVersion)}

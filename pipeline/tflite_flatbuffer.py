@@ -83,3 +83,8 @@ def constant(model, tensor, dtype) -> np.ndarray | None:
     if data is None or len(data) == 0:
         return None
     return np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype).reshape([int(s) for s in tensor.shape])
+
+
+def text(value) -> str:
+    """A flatbuffer string field as str (the object API gives bytes; None is "")."""
+    return value.decode() if isinstance(value, bytes) else (value or "")

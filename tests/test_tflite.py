@@ -256,7 +256,7 @@ def test_dynamic_int8_puts_every_table_but_the_vocabulary_back_to_float(tmp_path
     """TFLite gives an int8 table one scale: the position table goes back to float (exactly the fp32 file's
     values), the vocabulary table stays int8, and a float file that does not match is refused, not used."""
     from pipeline.stages.tflite.float_tables import keep_tables_float
-    from pipeline.tflite_flatbuffer import constant, pack_model, read_model
+    from pipeline.tflite_flatbuffer import constant, litert_schema, pack_model, read_model
 
     model = _load(write_tiny_albert(tmp_path / "model", embedding_size=16, hidden_size=32), 32)
     rows = encode(model.tokenizer, TEXTS, 32)
@@ -284,7 +284,7 @@ def test_dynamic_int8_puts_every_table_but_the_vocabulary_back_to_float(tmp_path
 
     other = read_model(fp32)  # the fp32 file with its position table changed by more than half an int8 step
     for tensor in other.subgraphs[0].tensors:
-        values = constant(other, tensor, np.float32) if tensor.type == 0 else None
+        values = constant(other, tensor, np.float32) if tensor.type == litert_schema().TensorType.FLOAT32 else None
         if values is not None and values.shape == position:
             other.buffers[tensor.buffer].data = np.frombuffer((values * 1.5).astype(np.float32).tobytes(), np.uint8)
     with pytest.raises(PipelineError, match=r"int8 table .* has no float counterpart in the fp32 file"):

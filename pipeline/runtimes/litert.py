@@ -71,7 +71,7 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
     """Add (or replace) the `max_length` metadata entry of a .tflite; with `num_labels`, also declare the output
     `[1, num_labels]` (onnx2tf leaves a dynamic file's logits at shape [1, 1], signature [1, -1]; the class count
     does not depend on the length, and the interpreter computes the real shape when it allocates)."""
-    from pipeline.tflite_flatbuffer import litert_schema, pack_model, read_model
+    from pipeline.tflite_flatbuffer import litert_schema, pack_model, read_model, text
 
     schema = litert_schema()
     data = Path(path).read_bytes()
@@ -82,8 +82,7 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
     entry = schema.MetadataT()
     entry.name = MAX_LENGTH_KEY
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name)
-                      != MAX_LENGTH_KEY] + [entry]
+    model.metadata = [m for m in (model.metadata or []) if text(m.name) != MAX_LENGTH_KEY] + [entry]
     if num_labels:
         subgraph = model.subgraphs[0]
         for index in subgraph.outputs:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.tflite_flatbuffer import builtin_code, constant, litert_schema, pack_model, read_model
+from pipeline.tflite_flatbuffer import builtin_code, constant, litert_schema, pack_model, read_model, text
 
 INT8_TABLES = ("all", "vocabulary")  # TFLiteConfig.int8_tables
 
@@ -39,23 +39,23 @@ def keep_tables_float(int8: bytes, fp32: bytes, vocab_size: int) -> tuple[bytes,
         if values is None:
             continue
         scale = float(np.asarray(table.quantization.scale)[0])
-        table_float = _float_twin(reference, values.astype(np.float32) * scale, scale, _name(table))
+        table_float = _float_twin(reference, values.astype(np.float32) * scale, scale, text(table.name))
         table.type, table.quantization = schema.TensorType.FLOAT32, None
         model.buffers[table.buffer].data = np.frombuffer(table_float.tobytes(), dtype=np.uint8)
         gathered = op.outputs[0]
         graph.tensors[gathered].type, graph.tensors[gathered].quantization = schema.TensorType.FLOAT32, None
         for dequantize in [o for o in graph.operators if builtin_code(model, o) == ops.DEQUANTIZE and o.inputs[0] == gathered]:
             _bypass(graph, dequantize)
-        restored.append({"table": _name(table), "shape": [int(s) for s in table.shape],
+        restored.append({"table": text(table.name), "shape": [int(s) for s in table.shape],
                          "bytes_added": table_float.nbytes - values.nbytes})
     return (pack_model(model, len(int8) + sum(r["bytes_added"] for r in restored)) if restored else int8), restored
 
 
 def _float_twin(reference, dequantized: np.ndarray, scale: float, name: str) -> np.ndarray:
     """The fp32 file's constant that `dequantized` came from (same shape, within half a step everywhere)."""
-    best = None
+    best, float32 = None, litert_schema().TensorType.FLOAT32
     for tensor in reference.subgraphs[0].tensors:
-        if tensor.type != litert_schema().TensorType.FLOAT32 or [int(s) for s in tensor.shape] != list(dequantized.shape):
+        if tensor.type != float32 or [int(s) for s in tensor.shape] != list(dequantized.shape):
             continue
         values = constant(reference, tensor, np.float32)
         if values is None:
@@ -75,7 +75,3 @@ def _bypass(graph, op) -> None:
     for consumer in graph.operators:
         consumer.inputs = np.asarray([source if i == target else i for i in consumer.inputs], dtype=np.int32)
     graph.outputs = np.asarray([source if i == target else i for i in graph.outputs], dtype=np.int32)
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
