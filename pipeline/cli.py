@@ -101,6 +101,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--text-column")
     p.add_argument("--label-column")
     p.add_argument("--epochs", type=int, help="distillation epochs (default: 4)")
+    p.add_argument("--keep-epoch", choices=["last", "best-dev"],
+                   help="which distillation epoch's weights to keep: the last, or the one best on dev (default: last)")
     p.add_argument("--teacher-epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-length", type=int)
@@ -210,7 +212,7 @@ def run_compress(args: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")
     config = load_config(args.config).compress
     _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "layers", "recurrent", "train_data",
-                             "eval_data", "text_column", "label_column", "epochs", "teacher_epochs", "batch_size",
+                             "eval_data", "text_column", "label_column", "epochs", "keep_epoch", "teacher_epochs", "batch_size",
                              "max_length", "train_limit", "eval_limit", "seed", "lr", "temperature", "distill_weight",
                              "dev_fraction", "hidden_weight", "attention_weight", "augment_copies", "augment_prob",
                              "device", "progress_seconds", "distill_seed"])

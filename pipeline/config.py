@@ -125,6 +125,7 @@ class CompressConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     teacher_epochs: int = 2
     epochs: int = 4  # distillation epochs
+    keep_epoch: str = "last"  # last | best-dev (the epoch with the highest dev accuracy; needs a dev split)
     batch_size: int = 32
     teacher_lr: float = 5e-5
     lr: float = 1e-4

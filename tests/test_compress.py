@@ -167,6 +167,56 @@ def test_resume_after_interrupted_epochs_equals_an_uninterrupted_run(teacher_and
     assert not (root / "parts.work").exists()
 
 
+def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_path, monkeypatch):
+    """_train with dev accuracies 0.5, 0.9, 0.7: the weights after epoch 2 are kept, interrupted or not."""
+    from pipeline.data import LabeledTexts
+    from pipeline.model.batches import Batches
+    from pipeline.model.distill import Runtime
+
+    class Tokens:  # a text's word pieces: its characters' codes
+        def __call__(self, texts, truncation, max_length):
+            return {"input_ids": [[ord(c) % 50 for c in t][:max_length] for t in texts]}
+
+    train = Batches(Tokens(), LabeledTexts([f"text {i}" * (1 + i % 3) for i in range(24)], [i % 2 for i in range(24)],
+                                           ["a", "b"], "t"), 16)
+
+    def run(resume: bool, stop_after: int | None):
+        torch.manual_seed(0)
+        model = torch.nn.Embedding(50, 2)
+        scores, after = iter([0.5, 0.9, 0.7][2 if resume else 0:]), {}
+
+        def hook(what, epoch):
+            after[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+            if epoch == stop_after:
+                raise KeyboardInterrupt
+
+        def rows_loss(net, examples, copies, epoch):
+            ids = torch.stack([torch.from_numpy(train.ids[e][:4]) for e in examples])
+            return torch.nn.functional.cross_entropy(net(ids).mean(1), torch.from_numpy(train.labels[examples]),
+                                                     reduction="none")
+
+        monkeypatch.setattr(C, "EPOCH_HOOK", hook)
+        cfg = CompressConfig(batch_size=8, resume=resume, progress_seconds=0.0)
+        kept = C._train(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill", Runtime(torch.device("cpu")),
+                        checkpoint=tmp_path / "student.pt", evaluate=lambda: next(scores), keep_best=True)
+        return kept, model.state_dict(), after
+
+    kept, weights, after = run(resume=False, stop_after=None)
+    assert kept == 2 and torch.equal(weights["weight"], after[2]["weight"])
+    assert not torch.equal(after[2]["weight"], after[3]["weight"])  # the last epoch moved the weights: a real choice
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=False, stop_after=2)
+    kept_resumed, weights_resumed, _ = run(resume=True, stop_after=None)
+    assert kept_resumed == 2 and torch.equal(weights_resumed["weight"], weights["weight"])
+
+
+def test_unknown_keep_epoch_from_a_config_file_is_refused_before_any_work(teacher_and_data):
+    root, teacher, train, test = teacher_and_data
+    with pytest.raises(PipelineError, match="keep-epoch must be last or best-dev"):
+        C.compress(_cfg(root, teacher, train, test, "keep", cache="cache_keep", keep_epoch="best"), log=lambda m: None)
+    assert not (root / "cache_keep").exists()
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(teacher_and_data, monkeypatch):
     root, teacher, train, test = teacher_and_data
     monkeypatch.setattr(C, "EPOCH_HOOK", lambda what, epoch: (_ for _ in ()).throw(KeyboardInterrupt()))

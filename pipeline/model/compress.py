@@ -126,7 +126,7 @@ EPOCH_HOOK: Callable[[str, int], None] | None = None
 def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
            what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
            evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
-           seed: int | None = None) -> None:
+           seed: int | None = None, keep_best: bool = False) -> int:
     """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
 
     An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
@@ -134,6 +134,8 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
     depend on the ones before it, which is what makes --resume exact. Under torchrun each process takes
     rows rank::world of every batch (see distill.py). After each epoch the model, optimizer, scheduler and
     torch RNG state are written atomically to `checkpoint` (when given); --resume starts after the last one.
+    With keep_best (and evaluate), the weights of the epoch with the highest evaluate() (the later one on a
+    tie) are loaded at the end. Returns the epoch whose weights the model holds.
     """
     n = len(train)
     lengths = np.tile(np.array([len(x) for x in train.ids]), copies + 1)
@@ -146,6 +148,7 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
     epochs_log = epochs_log if epochs_log is not None else []
     first = 1
+    best: dict | None = None  # {"epoch", "value", "model"} of the best epoch so far (keep_best only)
     if cfg.resume and checkpoint is not None:
         state = load_checkpoint(checkpoint, fingerprint)
         if state is not None:
@@ -154,6 +157,7 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             epochs_log[:] = state["epochs_log"]
+            best = state.get("best")
             first = state["epoch"] + 1
             log(f"  {what}: resuming after epoch {state['epoch']}/{epochs} from {checkpoint}")
     net = wrap_parallel(model, rt)
@@ -194,15 +198,23 @@ def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, c
             epochs_log.append(f"{value:.4f}")
             message += f", dev accuracy {value:.4f}"
             model.train()
+            if keep_best and (best is None or value >= best["value"]):
+                best = {"epoch": epoch, "value": value,
+                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         log(message)
         if checkpoint is not None and rt.main:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                         "epochs_log": list(epochs_log), "fingerprint": fingerprint}, checkpoint)
+                         "epochs_log": list(epochs_log), "best": best, "fingerprint": fingerprint}, checkpoint)
         rt.barrier()
         if EPOCH_HOOK is not None:
             EPOCH_HOOK(what, epoch)
     model.eval()
+    if best is not None and best["epoch"] != epochs:
+        model.load_state_dict(best["model"])
+        log(f"  {what}: keeping epoch {best['epoch']} (dev accuracy {best['value']:.4f}, the best of {epochs})")
+        return best["epoch"]
+    return epochs
 
 
 class _StudentStates(torch.nn.Module):
@@ -322,6 +334,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         log = lambda message: None  # noqa: E731 - one process reports
     if cfg.hidden_weight < 0 or cfg.attention_weight < 0 or cfg.augment_copies < 0 or not 0 <= cfg.augment_prob <= 1:
         raise PipelineError("--hidden-weight, --attention-weight and --augment-copies must be >= 0, --augment-prob in [0, 1]")
+    if cfg.keep_epoch not in ("last", "best-dev"):
+        raise PipelineError(f"--keep-epoch must be last or best-dev, not {cfg.keep_epoch!r}")
     teacher_dir = Path(cfg.teacher_dir) if cfg.teacher_dir else default_teacher_dir()
     if not (teacher_dir / "config.json").is_file():
         raise PipelineError("no config.json: not a Hugging Face checkpoint directory", teacher_dir)
@@ -405,6 +419,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
     # distillation recipe with the same dev split and the same cached teacher.
     distill_seed = cfg.seed if cfg.distill_seed is None else cfg.distill_seed
+    kept_epoch = cfg.epochs
     if cfg.epochs > 0:
         augment = None
         if cfg.augment_copies > 0:
@@ -413,9 +428,10 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
             augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, distill_seed)
         rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
-        _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
-               checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
-               copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed)
+        kept_epoch = _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
+                            checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
+                            copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
+                            keep_best=cfg.keep_epoch == "best-dev" and dev is not None)
     distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
     student = student.cpu()
@@ -451,7 +467,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                               + (f"; hidden states x{cfg.hidden_weight:g}" if cfg.hidden_weight else "")
                               + (f"; attention KL x{cfg.attention_weight:g}" if cfg.attention_weight else "")
                               + (f"; {cfg.augment_copies} teacher-labelled augmented copies per text an epoch "
-                                 f"(p={cfg.augment_prob:g})" if cfg.augment_copies else ""),
+                                 f"(p={cfg.augment_prob:g})" if cfg.augment_copies else "")
+                              + ("; the epoch best on dev is kept" if cfg.keep_epoch == "best-dev" else ""),
                    "layer_map": layer_map(spec.num_hidden_layers, teacher_config.num_hidden_layers)},
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
         "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
@@ -461,6 +478,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         "shared_layer_probe": probe_scores,
         "embedding_energy_kept": factorized["energy_kept"],
         "epochs_log": epochs_log,
+        "kept_epoch": kept_epoch,
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_teacher": round(teacher_seconds, 1),
         "seconds_distill": round(distill_seconds, 1),
