@@ -98,19 +98,21 @@ def sweep_lengths(max_length: int, buckets: tuple[int, ...] = ()) -> list[int]:
     return sorted({n for n in (*SWEEP_FIXED, *buckets, max_length) if 1 <= n <= max_length})
 
 
+def synthetic_row(length: int, cls_id: int, sep_id: int, ordinary_ids, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A [1, length] row: [CLS] + random ids drawn from `ordinary_ids` + [SEP] (length 1: [CLS] only)."""
+    ids = [cls_id] + list(rng.choice(ordinary_ids, size=max(length - 2, 0))) + ([sep_id] if length >= 2 else [])
+    ids = np.asarray([ids[:length]], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
 def sweep_rows(tokenizer, max_length: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """One [1, S] row per sweep length: [CLS] + random ordinary tokens + [SEP] (length 1: [CLS] only)."""
+    """One synthetic row per sweep length, of the tokenizer's ordinary (non-special) tokens."""
     rng = np.random.default_rng(seed)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     vocab = [i for i in range(min(len(tokenizer), 30000)) if i not in special]
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else vocab[0]
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else vocab[0]
-    rows = []
-    for length in sweep_lengths(max_length):
-        ids = [cls_id] + list(rng.choice(vocab, size=max(length - 2, 0))) + ([sep_id] if length >= 2 else [])
-        ids = np.asarray([ids[:length]], dtype=np.int64)
-        rows.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
-    return rows
+    return [synthetic_row(length, cls_id, sep_id, vocab, rng) for length in sweep_lengths(max_length)]
 
 
 def band(length: int) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.bench.candidates import artifact_candidates, compare_label, model_files, static_length
 from pipeline.errors import PipelineError
+from pipeline.shapes import synthetic_row
 
 SWEEP = (8, 16, 32, 64, 128)
 MEMORY_SHORT = 16
@@ -73,12 +74,10 @@ def length_candidates(folder: Path, manifest: dict, params: int, static: tuple[P
     return out
 
 
-def synthetic_row(length: int, vocab_size: int, cls_id: int, sep_id: int, seed: int = 0) -> dict[str, np.ndarray]:
-    ids = np.random.default_rng(seed + length).integers(5, max(6, min(vocab_size, 20000)), (1, length)).astype(np.int64)
-    ids[0, 0] = cls_id
-    if length > 1:
-        ids[0, -1] = sep_id
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+def _length_row(length: int, vocab_size: int, cls_id: int, sep_id: int) -> dict[str, np.ndarray]:
+    """The bench's row at `length` (the worker knows the vocabulary's size, not the tokenizer)."""
+    return synthetic_row(length, cls_id, sep_id, np.arange(5, max(6, min(vocab_size, 20000))),
+                         np.random.default_rng(length))
 
 
 def write_workload(model, texts: list[str], max_lengths: set[int], scratch: Path) -> dict[int, str]:
@@ -96,7 +95,7 @@ def write_workload(model, texts: list[str], max_lengths: set[int], scratch: Path
 
 def write_length_inputs(length: int, vocab_size: int, cls_id: int, sep_id: int, path: Path) -> Path:
     """A one-row inputs file at `length` (for the memory worker)."""
-    row = synthetic_row(length, vocab_size, cls_id, sep_id)
+    row = _length_row(length, vocab_size, cls_id, sep_id)
     np.savez(path, **row)
     return path
 
@@ -108,7 +107,7 @@ def sweep_worker(job: dict, runners: dict, gap_s: float) -> dict:
     clock = time.process_time if job.get("clock") == "cpu" else time.perf_counter
     names = list(runners)
     maxima = {n: int(runners[n].max_length or job["max_lengths"][n]) for n in names}
-    rows = {n: synthetic_row(n, job["vocab_size"], job["cls_id"], job["sep_id"]) for n in job["lengths"]}
+    rows = {n: _length_row(n, job["vocab_size"], job["cls_id"], job["sep_id"]) for n in job["lengths"]}
     pairs = [(name, n) for name in names for n in job["lengths"] if n <= maxima[name]]
     for _ in range(int(job["warmup"])):
         for name, n in pairs:
