@@ -140,7 +140,9 @@ def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teac
     assert "hidden states x1" in card["recipe"]["distill"] and "augmented" in card["recipe"]["distill"]
     assert card["hardware"]["cpu"] and card["hardware"]["device"] == "cpu" and card["seconds"] > 0
     assert len(card["teacher"]["dev_accuracy_per_epoch"]) == 1 and card["seeds"]["distill_epoch_order"] == "[0, epoch]"
-    assert len(card["epochs_log"]) == 1 and "dev accuracy" in (root / "recipe" / "model_card.md").read_text()
+    assert len(card["epochs_log"]) == 1 and card["kept_epoch"] == 1
+    assert "dev accuracy" in (root / "recipe" / "model_card.md").read_text()
+    assert "the weights are epoch 1's" in (root / "recipe" / "model_card.md").read_text()
     assert not (root / "recipe.work").exists()
 
 

@@ -227,7 +227,8 @@ def model_card_markdown(card: dict) -> str:
         "Shared-layer choice (KL of student to teacher logits on up to 256 dev texts, lower is better): "
         + ", ".join(f"{k}: {v:.4f}" for k, v in card.get("shared_layer_probe", {}).items()), "",
         f"Embedding factorization kept {card['embedding_energy_kept']:.3f} of the centred embedding energy.", "",
-        "Per-epoch distillation (dev accuracy): " + "; ".join(card.get("epochs_log", [])), "",
+        "Per-epoch distillation (dev accuracy): " + "; ".join(card.get("epochs_log", []))
+        + (f"; the weights are epoch {card['kept_epoch']}'s" if card.get("kept_epoch") else ""), "",
     ]
     return "\n".join(lines)
 
