@@ -216,6 +216,9 @@ def test_unknown_keep_epoch_from_a_config_file_is_refused_before_any_work(teache
     root, teacher, train, test = teacher_and_data
     with pytest.raises(PipelineError, match="keep-epoch must be last or best-dev"):
         C.compress(_cfg(root, teacher, train, test, "keep", cache="cache_keep", keep_epoch="best"), log=lambda m: None)
+    with pytest.raises(PipelineError, match="needs a dev split"):
+        C.compress(_cfg(root, teacher, train, test, "keep", cache="cache_keep", keep_epoch="best-dev", dev_fraction=0.0),
+                   log=lambda m: None)
     assert not (root / "cache_keep").exists()
 
 

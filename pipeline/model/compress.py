@@ -336,6 +336,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         raise PipelineError("--hidden-weight, --attention-weight and --augment-copies must be >= 0, --augment-prob in [0, 1]")
     if cfg.keep_epoch not in ("last", "best-dev"):
         raise PipelineError(f"--keep-epoch must be last or best-dev, not {cfg.keep_epoch!r}")
+    if cfg.keep_epoch == "best-dev" and cfg.dev_fraction == 0:
+        raise PipelineError("--keep-epoch best-dev needs a dev split (--dev-fraction > 0); the test split never chooses")
     teacher_dir = Path(cfg.teacher_dir) if cfg.teacher_dir else default_teacher_dir()
     if not (teacher_dir / "config.json").is_file():
         raise PipelineError("no config.json: not a Hugging Face checkpoint directory", teacher_dir)
@@ -431,7 +433,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         kept_epoch = _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
                             checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
                             copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
-                            keep_best=cfg.keep_epoch == "best-dev" and dev is not None)
+                            keep_best=cfg.keep_epoch == "best-dev")
     distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
     student = student.cpu()
