@@ -11,6 +11,7 @@ from pipeline.cli import main
 from pipeline.config import CompressConfig
 from pipeline.errors import PipelineError
 from pipeline.model import compress as C
+from pipeline.model import distill
 from tiny import write_review_data, write_tiny_bert
 
 
@@ -155,7 +156,7 @@ def test_resume_after_interrupted_epochs_equals_an_uninterrupted_run(teacher_and
         def hook(what, epoch, stop=stop):
             if (what, epoch) == stop:
                 raise KeyboardInterrupt
-        monkeypatch.setattr(C, "EPOCH_HOOK", hook)
+        monkeypatch.setattr(distill, "EPOCH_HOOK", hook)
         cfg = _cfg(root, teacher, train, test, "parts", cache="cache_parts", resume=stop != ("teacher", 1))
         if stop is None:
             parts = C.compress(cfg, log=lambda m: None, store_dtype=torch.float32)
@@ -170,7 +171,7 @@ def test_resume_after_interrupted_epochs_equals_an_uninterrupted_run(teacher_and
 
 
 def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_path, monkeypatch):
-    """_train with dev accuracies 0.5, 0.9, 0.7: the weights after epoch 2 are kept, interrupted or not."""
+    """train_epochs with dev accuracies 0.5, 0.9, 0.7: the weights after epoch 2 are kept, interrupted or not."""
     from pipeline.data import LabeledTexts
     from pipeline.model.batches import Batches
     from pipeline.model.distill import Runtime
@@ -197,10 +198,11 @@ def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_pa
             return torch.nn.functional.cross_entropy(net(ids).mean(1), torch.from_numpy(train.labels[examples]),
                                                      reduction="none")
 
-        monkeypatch.setattr(C, "EPOCH_HOOK", hook)
+        monkeypatch.setattr(distill, "EPOCH_HOOK", hook)
         cfg = CompressConfig(batch_size=8, resume=resume, progress_seconds=0.0)
-        kept = C._train(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill", Runtime(torch.device("cpu")),
-                        checkpoint=tmp_path / "student.pt", evaluate=lambda: next(scores), keep_best=True)
+        kept = distill.train_epochs(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill",
+                                    Runtime(torch.device("cpu")), checkpoint=tmp_path / "student.pt",
+                                    evaluate=lambda: next(scores), keep_best=True)
         return kept, model.state_dict(), after
 
     kept, weights, after = run(resume=False, stop_after=None)
@@ -224,10 +226,10 @@ def test_unknown_keep_epoch_from_a_config_file_is_refused_before_any_work(teache
 
 def test_resume_refuses_a_checkpoint_of_other_settings(teacher_and_data, monkeypatch):
     root, teacher, train, test = teacher_and_data
-    monkeypatch.setattr(C, "EPOCH_HOOK", lambda what, epoch: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(distill, "EPOCH_HOOK", lambda what, epoch: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         C.compress(_cfg(root, teacher, train, test, "other", teacher_epochs=1), log=lambda m: None)
-    monkeypatch.setattr(C, "EPOCH_HOOK", None)
+    monkeypatch.setattr(distill, "EPOCH_HOOK", None)
     with pytest.raises(PipelineError, match="other settings"):
         C.compress(_cfg(root, teacher, train, test, "other", teacher_epochs=1, teacher_lr=1e-3, resume=True),
                    log=lambda m: None)

@@ -32,18 +32,10 @@ class Batches:
             mask[row, : len(self.ids[i])] = 1
         return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(self.labels[indices])
 
-    def order(self, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        """Batches of similar length; shuffled (within and across buckets) when rng is given."""
-        lengths = np.array([len(x) for x in self.ids])
-        if rng is None:
-            index = np.argsort(lengths, kind="stable")
-        else:
-            noisy = lengths + rng.uniform(0, 8, size=len(lengths))
-            index = np.argsort(noisy)
-        batches = [index[i : i + batch_size] for i in range(0, len(index), batch_size)]
-        if rng is not None:
-            rng.shuffle(batches)
-        return batches
+    def by_length(self, batch_size: int) -> list[np.ndarray]:
+        """Batches of similar length, shortest first (for evaluation; training shuffles: distill.epoch_order)."""
+        index = np.argsort(np.array([len(x) for x in self.ids]), kind="stable")
+        return [index[i : i + batch_size] for i in range(0, len(index), batch_size)]
 
 
 def _run_logits(model: Callable, batches: Batches, batch_size: int = 64, rt: Runtime | None = None,
@@ -52,7 +44,7 @@ def _run_logits(model: Callable, batches: Batches, batch_size: int = 64, rt: Run
     device = rt.device if rt is not None else torch.device("cpu")
     results = {}
     with torch.no_grad(), (rt.autocast() if rt is not None else contextlib.nullcontext()):
-        for idx in batches.order(batch_size, None):
+        for idx in batches.by_length(batch_size):
             ids, mask, _ = batches.batch(idx)
             logits = model(ids.to(device), mask.to(device)).float().cpu()
             for row, i in enumerate(idx):
@@ -101,14 +93,3 @@ def _pad(seqs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, to
         ids[row, : len(x)] = x
         mask[row, : len(x)] = 1
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-
-
-# -------------------------------------------------------------------------------------------- teacher
-def _order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    noisy = lengths + rng.uniform(0, 8, size=len(lengths))
-    index = np.argsort(noisy, kind="stable")
-    batches = [index[i : i + batch_size] for i in range(0, len(index), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -35,11 +34,10 @@ from pipeline.console import Progress
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
 from pipeline.model.albert import ExportAlbert
-from pipeline.model.batches import Batches, _order, _pad, _run_logits, _subset, accuracy, split_dev
+from pipeline.model.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
 from pipeline.model.student import _agreement, build_student, factorize_embeddings, save_checkpoint, student_spec
 from pipeline.model.distill import (Augmenter, Runtime, attention_log_probs, attention_loss_rows, hardware,
-                                    hidden_loss_rows, layer_map, load_checkpoint, make_runtime, save_atomic,
-                                    wrap_parallel)
+                                    hidden_loss_rows, layer_map, make_runtime, train_epochs)
 
 Log = Callable[[str], None]
 def default_teacher_dir() -> Path:
@@ -104,7 +102,7 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
         return accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)
 
     epochs_log: list[str] = []
-    _train(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
+    train_epochs(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
            checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
            evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
     teacher.eval()
@@ -117,104 +115,6 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
         os.replace(tmp, cached) if not cached.exists() else shutil.rmtree(tmp)
     rt.barrier()
     return teacher
-
-
-# Called as EPOCH_HOOK(what, epoch) after each finished (and checkpointed) epoch; tests use it to interrupt a run.
-EPOCH_HOOK: Callable[[str, int], None] | None = None
-
-
-def _train(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
-           what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
-           evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
-           seed: int | None = None, keep_best: bool = False) -> int:
-    """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
-
-    An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
-    j // n), in length-bucketed batches shuffled by a generator seeded with (seed, epoch): an epoch does not
-    depend on the ones before it, which is what makes --resume exact. Under torchrun each process takes
-    rows rank::world of every batch (see distill.py). After each epoch the model, optimizer, scheduler and
-    torch RNG state are written atomically to `checkpoint` (when given); --resume starts after the last one.
-    With keep_best (and evaluate), the weights of the epoch with the highest evaluate() (the later one on a
-    tie) are loaded at the end. Returns the epoch whose weights the model holds.
-    """
-    n = len(train)
-    lengths = np.tile(np.array([len(x) for x in train.ids]), copies + 1)
-    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    steps = epochs * per_epoch
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
-    epochs_log = epochs_log if epochs_log is not None else []
-    first = 1
-    best: dict | None = None  # {"epoch", "value", "model"} of the best epoch so far (keep_best only)
-    if cfg.resume and checkpoint is not None:
-        state = load_checkpoint(checkpoint, fingerprint)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            epochs_log[:] = state["epochs_log"]
-            best = state.get("best")
-            first = state["epoch"] + 1
-            log(f"  {what}: resuming after epoch {state['epoch']}/{epochs} from {checkpoint}")
-    net = wrap_parallel(model, rt)
-    model.train()
-    for epoch in range(first, epochs + 1):
-        rng = np.random.default_rng([cfg.seed if seed is None else seed, epoch])
-        total = 0.0
-        progress = Progress(per_epoch, f"  {what} epoch {epoch}/{epochs}", log, enabled=rt.main,
-                            interval=cfg.progress_seconds)
-        for step, idx in enumerate(_order(lengths, cfg.batch_size, rng), 1):
-            examples, copy = idx % n, idx // n
-            mine, weight = slice(rt.rank, None, rt.world), 1.0
-            if len(idx[mine]) == 0:  # fewer rows than processes: take part with a zero weight
-                mine, weight = slice(0, 1), 0.0
-            with rt.autocast():
-                rows = rows_loss(net, examples[mine], copy[mine], epoch)
-            loss = rows.float().sum() * (weight * rt.world / len(idx))
-            optimizer.zero_grad()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            total += float(loss.detach())  # this process's estimate of the batch mean
-            progress.update(1, f"loss {total / step:.4f}")
-        seconds = progress.close()
-        message = f"  {what} epoch {epoch}/{epochs}: loss {total / per_epoch:.4f} ({seconds:.0f} s, {seconds / per_epoch:.2f} s/batch)"
-        if evaluate is not None:
-            model.eval()
-            value = evaluate()
-            epochs_log.append(f"{value:.4f}")
-            message += f", dev accuracy {value:.4f}"
-            model.train()
-            if keep_best and (best is None or value >= best["value"]):
-                best = {"epoch": epoch, "value": value,
-                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        log(message)
-        if checkpoint is not None and rt.main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                         "epochs_log": list(epochs_log), "best": best, "fingerprint": fingerprint}, checkpoint)
-        rt.barrier()
-        if EPOCH_HOOK is not None:
-            EPOCH_HOOK(what, epoch)
-    model.eval()
-    if best is not None and best["epoch"] != epochs:
-        model.load_state_dict(best["model"])
-        log(f"  {what}: keeping epoch {best['epoch']} (dev accuracy {best['value']:.4f}, the best of {epochs})")
-        return best["epoch"]
-    return epochs
 
 
 class _StudentStates(torch.nn.Module):
@@ -430,7 +330,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
             augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, distill_seed)
         rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
-        kept_epoch = _train(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
+        kept_epoch = train_epochs(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
                             checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
                             copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
                             keep_best=cfg.keep_epoch == "best-dev")
