@@ -22,10 +22,11 @@ def teacher_and_data(tmp_path_factory):
     return root, teacher, write_review_data(root / "train.csv", 64), write_review_data(root / "test.csv", 32, seed=1)
 
 
-def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data):
+def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data, monkeypatch):
     from transformers import AlbertForSequenceClassification
 
     root, teacher, train, test = teacher_and_data
+    monkeypatch.chdir(root)  # the default stage cache, ./.pipeline_cache, lands here and not in the checkout
     out = root / "student"
     code = main(["compress", "--teacher", str(teacher), "--out", str(out), "--train-data", str(train),
                  "--eval-data", str(test), "--embedding-size", "8", "--epochs", "1", "--teacher-epochs", "1",
@@ -269,8 +270,9 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
 
 
 @pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction")])
-def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, args, message):
+def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, monkeypatch, args, message):
     root, teacher, train, test = teacher_and_data
+    monkeypatch.chdir(root)
     if message == "no CUDA" and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     code = main(["compress", "--teacher", str(teacher), "--out", str(root / "bad"), "--train-data", str(train),
