@@ -143,6 +143,10 @@ def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teac
     assert card["hardware"]["cpu"] and card["hardware"]["device"] == "cpu" and card["seconds"] > 0
     assert len(card["teacher"]["dev_accuracy_per_epoch"]) == 1 and card["seeds"]["distill_epoch_order"] == "[0, epoch]"
     assert len(card["epochs_log"]) == 1 and card["kept_epoch"] == 1
+    gap = card["test_gap_to_teacher"]
+    assert gap["points"] == pytest.approx(100 * (card["student"]["test_accuracy"] - card["teacher"]["test_accuracy"]), abs=0.01)
+    assert gap["only_student_right"] - gap["only_teacher_right"] == round(gap["points"] * gap["rows"] / 100)
+    assert "paired standard error" in (root / "recipe" / "model_card.md").read_text()
     assert "dev accuracy" in (root / "recipe" / "model_card.md").read_text()
     assert "the weights are epoch 1's" in (root / "recipe" / "model_card.md").read_text()
     assert not (root / "recipe.work").exists()

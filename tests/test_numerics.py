@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import Thresholds
 from pipeline.errors import PipelineError
-from pipeline.numerics import Metrics, check_thresholds, compare, cosine, top1_agreement
+from pipeline.numerics import Metrics, check_thresholds, compare, cosine, paired_accuracy_gap, top1_agreement
 
 
 def test_cosine_of_identical_and_opposite_logits():
@@ -22,6 +22,22 @@ def test_top1_agreement_counts_every_row_including_near_ties():
     flipped_tie = np.array([[1.0, 0.0], [0.4999, 0.5], [0.0, 1.0], [2.0, 1.0]])
     assert top1_agreement(reference, reference) == 1.0
     assert top1_agreement(flipped_tie, reference) == 0.75
+
+
+def test_paired_gap_counts_discordant_rows_and_its_error_shrinks_when_models_agree():
+    labels = np.array([0, 1] * 50)
+    teacher = np.eye(2)[labels]  # right everywhere
+    student = teacher.copy()
+    student[:4] = student[:4, ::-1]  # wrong on the first 4 rows only
+    gap = paired_accuracy_gap(student, teacher, labels)
+    assert gap["points"] == -4.0 and gap["only_reference_right"] == 4 and gap["only_model_right"] == 0
+    assert gap["paired_standard_error_points"] == pytest.approx(100 * np.sqrt(0.04 * 0.96 / 100), abs=0.01)
+    # the same accuracies from models that disagree on 20 rows: a larger error of the same gap
+    student[4:12] = student[4:12, ::-1]
+    teacher_wrong = teacher.copy()
+    teacher_wrong[12:20] = teacher_wrong[12:20, ::-1]
+    wide = paired_accuracy_gap(student, teacher_wrong, labels)
+    assert wide["points"] == -4.0 and wide["paired_standard_error_points"] > gap["paired_standard_error_points"]
 
 
 def test_compare_reports_accuracy_delta_and_confusion():

@@ -33,6 +33,7 @@ from pipeline.config import CompressConfig
 from pipeline.console import Progress
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
+from pipeline.numerics import paired_accuracy_gap
 from pipeline.model.albert import ExportAlbert
 from pipeline.model.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
 from pipeline.model.student import _agreement, build_student, factorize_embeddings, save_checkpoint, student_spec
@@ -341,11 +342,14 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         for p in student.parameters():
             p.copy_(p.to(store_dtype).float())
     cpu = Runtime(torch.device("cpu"))
-    student_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), test, rt=cpu), test.labels)
+    student_test = _run_logits(lambda i, m: student(i, m), test, rt=cpu)
+    student_accuracy = accuracy(student_test, test.labels)
+    gap = paired_accuracy_gap(student_test.numpy(), teacher_test.numpy(), test.labels)
     student_dev_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), dev, rt=cpu), dev.labels) if dev else None
     log(f"  student test accuracy {student_accuracy:.4f}"
         + (f", dev {student_dev_accuracy:.4f}" if dev is not None else "")
-        + f" as stored ({store_dtype}) [{time.perf_counter() - started:.0f} s]")
+        + f" as stored ({store_dtype}); {gap['points']:+.1f} points to the teacher on test "
+        f"(paired standard error {gap['paired_standard_error_points']:.1f}) [{time.perf_counter() - started:.0f} s]")
 
     teacher_params = sum(p.numel() for p in teacher.parameters())
     student_params = student.num_parameters()
@@ -360,6 +364,9 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                     "test_accuracy": student_accuracy, "dev_accuracy": student_dev_accuracy,
                     "dev_accuracy_before_distillation": initial if dev is not None else None,
                     "spec": spec.to_dict()},
+        "test_gap_to_teacher": {"points": gap["points"], "paired_standard_error_points": gap["paired_standard_error_points"],
+                                "only_teacher_right": gap["only_reference_right"],
+                                "only_student_right": gap["only_model_right"], "rows": gap["rows"]},
         "majority_baseline": majority,
         "label_names": label_names,
         "data": {"train": train_data.source, "test": test_data.source, "train_size": len(train),

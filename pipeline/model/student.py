@@ -210,6 +210,12 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _gap_line(gap: dict) -> str:
+    return (f"Test accuracy, student minus teacher: {gap['points']:+.1f} points, paired standard error "
+            f"{gap['paired_standard_error_points']:.1f} ({gap['only_teacher_right']} texts only the teacher gets right, "
+            f"{gap['only_student_right']} only the student, of {gap['rows']}).")
+
+
 def model_card_markdown(card: dict) -> str:
     t, s = card["teacher"], card["student"]
     lines = [
@@ -220,6 +226,7 @@ def model_card_markdown(card: dict) -> str:
         f"| student | {s['params']:,} | {s['fp32_bytes'] / 1e6:.1f} | {s['stored_bytes'] / 1e6:.1f} | {_fmt(s.get('dev_accuracy'))} | {s['test_accuracy']:.4f} |",
         f"| majority class | | | | | {card['majority_baseline']:.4f} |", "",
         f"Student/teacher parameters: {s['params'] / t['params']:.3f}. Settings: `{json.dumps(card['settings'])}`.", "",
+        *([_gap_line(card["test_gap_to_teacher"]), ""] if "test_gap_to_teacher" in card else []),
         f"Recipe: {card.get('recipe', {}).get('distill', '')}. Data: `{json.dumps(card.get('data', {}))}`. "
         f"Seeds: `{json.dumps(card.get('seeds', {}))}`.", "",
         f"Wall time {card.get('seconds', 0):.0f} s (teacher {card.get('seconds_teacher', 0):.0f} s, distillation "
