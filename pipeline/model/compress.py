@@ -104,8 +104,8 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
 
     epochs_log: list[str] = []
     train_epochs(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
-           checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
-           evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
+                 checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
+                 evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
     teacher.eval()
     teacher.pipeline_key = key
     teacher.pipeline_epochs_log = epochs_log
@@ -332,9 +332,9 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
         kept_epoch = train_epochs(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
-                            checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
-                            copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
-                            keep_best=cfg.keep_epoch == "best-dev")
+                                  checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
+                                  copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
+                                  keep_best=cfg.keep_epoch == "best-dev")
     distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
     student = student.cpu()
