@@ -11,12 +11,12 @@ import argparse
 import json
 
 import numpy as np
-import torch
 
 from pipeline.config import DEFAULT_MAX_LENGTH
 from pipeline.data import load_labeled_file, load_small_fine_foods
 from pipeline.model.batches import Batches, _run_logits
 from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.compress import _teacher_fn
 from pipeline.numerics import paired_accuracy_gap
 
 
@@ -35,8 +35,7 @@ def main() -> None:
     teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher, local_files_only=True).eval()
     batches = Batches(student.tokenizer, test, args.max_length)  # the student keeps the teacher's tokenizer
     student_logits = _run_logits(lambda i, m: student.export_model(i, m), batches)
-    teacher_logits = _run_logits(lambda i, m: teacher(input_ids=i, attention_mask=m, token_type_ids=torch.zeros_like(i)).logits,
-                                 batches)
+    teacher_logits = _run_logits(_teacher_fn(teacher), batches)
     gap = paired_accuracy_gap(student_logits.numpy(), teacher_logits.numpy(), np.asarray(test.labels))
     print(json.dumps({"student": args.student, "teacher": args.teacher, "data": test.source, **gap}))
 

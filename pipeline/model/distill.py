@@ -136,9 +136,9 @@ EPOCH_HOOK: Callable[[str, int], None] | None = None
 
 
 def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
-           what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
-           evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
-           seed: int | None = None, keep_best: bool = False) -> int:
+                 what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
+                 evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
+                 seed: int | None = None, keep_best: bool = False) -> int:
     """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
 
     An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
