@@ -35,6 +35,21 @@ def max_abs_error(logits: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(np.asarray(logits, dtype=np.float64) - reference).max())
 
 
+def teacher_agreement(logits: np.ndarray, teacher: np.ndarray) -> dict:
+    """How closely a student follows its teacher on the same rows (no labels needed): top-1 agreement and the
+    mean KL(teacher || student) of their softmax outputs at temperature 1."""
+    logits, teacher = np.asarray(logits, dtype=np.float64), np.asarray(teacher, dtype=np.float64)
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    log_s, log_t = log_softmax(logits), log_softmax(teacher)
+    kl = (np.exp(log_t) * (log_t - log_s)).sum(-1)
+    return {"top1_agreement": round(top1_agreement(logits, teacher), 4), "kl": round(float(kl.mean()), 4),
+            "rows": len(logits)}
+
+
 def paired_accuracy_gap(logits: np.ndarray, reference: np.ndarray, labels) -> dict:
     """Accuracy of `logits` minus that of `reference` on the same labelled rows, in points, with the standard
     error of that difference from the per-row pairs (much smaller than two unpaired errors when the models

@@ -143,11 +143,15 @@ def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teac
     assert card["hardware"]["cpu"] and card["hardware"]["device"] == "cpu" and card["seconds"] > 0
     assert len(card["teacher"]["dev_accuracy_per_epoch"]) == 1 and card["seeds"]["distill_epoch_order"] == "[0, epoch]"
     assert len(card["epochs_log"]) == 1 and card["kept_epoch"] == 1
+    follows = card["student"]["dev_teacher_agreement"]
+    assert follows["rows"] == 16 * 5 and 0 <= follows["top1_agreement"] <= 1 and follows["kl"] >= 0  # dev + 4 copies
+    assert set(card["epochs_log"][0]) == {"dev_accuracy", "dev_teacher_agreement", "dev_teacher_kl"}
     gap = card["test_gap_to_teacher"]
     assert gap["points"] == pytest.approx(100 * (card["student"]["test_accuracy"] - card["teacher"]["test_accuracy"]), abs=0.01)
     assert gap["only_student_right"] - gap["only_teacher_right"] == round(gap["points"] * gap["rows"] / 100)
     assert "paired standard error" in (root / "recipe" / "model_card.md").read_text()
     assert "dev accuracy" in (root / "recipe" / "model_card.md").read_text()
+    assert "Agreement with the teacher on the dev texts" in (root / "recipe" / "model_card.md").read_text()
     assert "the weights are epoch 1's" in (root / "recipe" / "model_card.md").read_text()
     assert not (root / "recipe.work").exists()
 
@@ -207,7 +211,7 @@ def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_pa
         cfg = CompressConfig(batch_size=8, resume=resume, progress_seconds=0.0)
         kept = distill.train_epochs(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill",
                                     Runtime(torch.device("cpu")), checkpoint=tmp_path / "student.pt",
-                                    evaluate=lambda: next(scores), keep_best=True)
+                                    evaluate=lambda: {"dev_accuracy": next(scores)}, keep_best=True)
         return kept, model.state_dict(), after
 
     kept, weights, after = run(resume=False, stop_after=None)

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import Thresholds
 from pipeline.errors import PipelineError
-from pipeline.numerics import Metrics, check_thresholds, compare, cosine, paired_accuracy_gap, top1_agreement
+from pipeline.numerics import Metrics, check_thresholds, compare, cosine, paired_accuracy_gap, teacher_agreement, top1_agreement
 
 
 def test_cosine_of_identical_and_opposite_logits():
@@ -38,6 +38,17 @@ def test_paired_gap_counts_discordant_rows_and_its_error_shrinks_when_models_agr
     teacher_wrong[12:20] = teacher_wrong[12:20, ::-1]
     wide = paired_accuracy_gap(student, teacher_wrong, labels)
     assert wide["points"] == -4.0 and wide["paired_standard_error_points"] > gap["paired_standard_error_points"]
+
+
+def test_teacher_agreement_is_top1_share_and_kl_which_is_zero_only_for_the_teacher_itself():
+    teacher = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.0, 3.0]])
+    assert teacher_agreement(teacher, teacher) == {"top1_agreement": 1.0, "kl": 0.0, "rows": 4}
+    student = teacher.copy()
+    student[2] = [0.5, 1.0]  # flips one arg-max
+    follows = teacher_agreement(student, teacher)
+    p, q = np.exp([1.0, 0.5]) / np.exp([1.0, 0.5]).sum(), np.exp([0.5, 1.0]) / np.exp([0.5, 1.0]).sum()
+    assert follows["top1_agreement"] == 0.75 and follows["kl"] == pytest.approx((p * np.log(p / q)).sum() / 4, abs=1e-4)
+    assert teacher_agreement(student + 7.0, teacher) == follows  # a shift of all logits changes no probability
 
 
 def test_compare_reports_accuracy_delta_and_confusion():

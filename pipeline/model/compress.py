@@ -33,7 +33,7 @@ from pipeline.config import CompressConfig
 from pipeline.console import Progress
 from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
 from pipeline.errors import PipelineError
-from pipeline.numerics import paired_accuracy_gap
+from pipeline.numerics import paired_accuracy_gap, teacher_agreement
 from pipeline.model.albert import ExportAlbert
 from pipeline.model.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
 from pipeline.model.student import _agreement, build_student, factorize_embeddings, save_checkpoint, student_spec
@@ -99,20 +99,20 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
         logits = net(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
         return F.cross_entropy(logits.float(), labels, reduction="none")
 
-    def evaluate() -> float:
-        return accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)
+    def evaluate() -> dict[str, float]:
+        return {"dev_accuracy": accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)}
 
-    epochs_log: list[str] = []
+    epochs_log: list[dict] = []
     train_epochs(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
                  checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
                  evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
     teacher.eval()
     teacher.pipeline_key = key
-    teacher.pipeline_epochs_log = epochs_log
+    teacher.pipeline_epochs_log = [f"{e['dev_accuracy']:.4f}" for e in epochs_log]
     if rt.main:
         tmp = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".teacher-"))
         teacher.save_pretrained(str(tmp))
-        (tmp / "fine_tuning.json").write_text(json.dumps({"dev_accuracy_per_epoch": epochs_log}) + "\n")
+        (tmp / "fine_tuning.json").write_text(json.dumps({"dev_accuracy_per_epoch": teacher.pipeline_epochs_log}) + "\n")
         os.replace(tmp, cached) if not cached.exists() else shutil.rmtree(tmp)
     rt.barrier()
     return teacher
@@ -140,6 +140,26 @@ class _StudentStates(torch.nn.Module):
                 attentions.append(attention_log_probs(layer.query, layer.key, collect[call], additive,
                                                       spec.num_attention_heads))
         return logits, collect[1:], attentions
+
+
+AGREEMENT_COPIES = 4  # augmented copies of each dev text in the teacher-agreement set
+AGREEMENT_CORRUPTION = 0.1  # fixed, so the measure does not move with --augment-prob
+
+
+def agreement_texts(dev: Batches, train: Batches, tokenizer, seed: int) -> Batches:
+    """The dev texts plus AGREEMENT_COPIES corrupted copies of each (the training augmentation at epoch 0, which
+    training never draws): the student's agreement with its teacher needs no labels, so it is measured on 5x
+    the dev texts and, being paired, separates recipes that dev accuracy (400 texts, SE ~1.9 points) cannot."""
+    augment = Augmenter.from_train(train.ids, AGREEMENT_CORRUPTION, tokenizer.mask_token_id, special_ids(tokenizer), seed)
+    part = Batches.__new__(Batches)
+    part.ids = list(dev.ids) + [augment(x, 0, i, c) for c in range(1, AGREEMENT_COPIES + 1) for i, x in enumerate(dev.ids)]
+    part.labels = np.zeros(len(part.ids), dtype=np.int64)
+    return part
+
+
+def special_ids(tokenizer) -> set[int]:
+    return {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                        tokenizer.unk_token_id, tokenizer.mask_token_id) if i is not None}
 
 
 def load_compress_data(cfg: CompressConfig, label_names: list[str] | None) -> tuple[LabeledTexts, LabeledTexts]:
@@ -313,10 +333,17 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     initial = accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
     log(f"  student before distillation: {'dev' if dev is not None else 'test'} accuracy {initial:.4f}")
 
-    epochs_log: list[str] = []
+    epochs_log: list[dict] = []
+    agreement = agreement_texts(dev, train, tokenizer, cfg.seed) if dev is not None else None
+    teacher_agreement_logits = _run_logits(teacher_fn, agreement, rt=rt) if agreement is not None else None
 
-    def evaluate() -> float:
-        return accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
+    def evaluate() -> dict[str, float]:
+        measures = {"dev_accuracy": accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)}
+        if agreement is not None:
+            follows = teacher_agreement(_run_logits(lambda i, m: student(i, m), agreement, rt=rt).numpy(),
+                                        teacher_agreement_logits.numpy())
+            measures.update(dev_teacher_agreement=follows["top1_agreement"], dev_teacher_kl=follows["kl"])
+        return measures
 
     distill_started = time.perf_counter()
     # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
@@ -326,9 +353,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     if cfg.epochs > 0:
         augment = None
         if cfg.augment_copies > 0:
-            special = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
-                                   tokenizer.unk_token_id, tokenizer.mask_token_id) if i is not None}
-            augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special, distill_seed)
+            augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special_ids(tokenizer),
+                                           distill_seed)
         rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
         kept_epoch = train_epochs(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
@@ -346,6 +372,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     student_accuracy = accuracy(student_test, test.labels)
     gap = paired_accuracy_gap(student_test.numpy(), teacher_test.numpy(), test.labels)
     student_dev_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), dev, rt=cpu), dev.labels) if dev else None
+    follows = (teacher_agreement(_run_logits(lambda i, m: student(i, m), agreement, rt=cpu).numpy(),
+                                 teacher_agreement_logits.numpy()) if agreement is not None else None)
     log(f"  student test accuracy {student_accuracy:.4f}"
         + (f", dev {student_dev_accuracy:.4f}" if dev is not None else "")
         + f" as stored ({store_dtype}); {gap['points']:+.1f} points to the teacher on test "
@@ -363,6 +391,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                     "stored_bytes": student_params * torch.finfo(store_dtype).bits // 8,
                     "test_accuracy": student_accuracy, "dev_accuracy": student_dev_accuracy,
                     "dev_accuracy_before_distillation": initial if dev is not None else None,
+                    "dev_teacher_agreement": follows,
                     "spec": spec.to_dict()},
         "test_gap_to_teacher": {"points": gap["points"], "paired_standard_error_points": gap["paired_standard_error_points"],
                                 "only_teacher_right": gap["only_reference_right"],

@@ -137,7 +137,7 @@ EPOCH_HOOK: Callable[[str, int], None] | None = None
 
 def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
                  what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
-                 evaluate: Callable[[], float] | None = None, epochs_log: list[str] | None = None,
+                 evaluate: Callable[[], dict[str, float]] | None = None, epochs_log: list[dict] | None = None,
                  seed: int | None = None, keep_best: bool = False) -> int:
     """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
 
@@ -146,8 +146,9 @@ def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: fl
     depend on the ones before it, which is what makes --resume exact. Under torchrun each process takes
     rows rank::world of every batch (see distill.py). After each epoch the model, optimizer, scheduler and
     torch RNG state are written atomically to `checkpoint` (when given); --resume starts after the last one.
-    With keep_best (and evaluate), the weights of the epoch with the highest evaluate() (the later one on a
-    tie) are loaded at the end. Returns the epoch whose weights the model holds.
+    evaluate() returns the epoch's measures ({"dev_accuracy": ..., ...}), appended to epochs_log. With keep_best,
+    the weights of the epoch with the highest dev_accuracy (the later one on a tie) are loaded at the end.
+    Returns the epoch whose weights the model holds.
     """
     n = len(train)
     lengths = np.tile(np.array([len(x) for x in train.ids]), copies + 1)
@@ -206,9 +207,10 @@ def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: fl
         message = f"  {what} epoch {epoch}/{epochs}: loss {total / per_epoch:.4f} ({seconds:.0f} s, {seconds / per_epoch:.2f} s/batch)"
         if evaluate is not None:
             model.eval()
-            value = evaluate()
-            epochs_log.append(f"{value:.4f}")
-            message += f", dev accuracy {value:.4f}"
+            measures = evaluate()
+            epochs_log.append(measures)
+            value = measures["dev_accuracy"]
+            message += ", " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in measures.items())
             model.train()
             if keep_best and (best is None or value >= best["value"]):
                 best = {"epoch": epoch, "value": value,

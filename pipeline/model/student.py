@@ -216,6 +216,17 @@ def _gap_line(gap: dict) -> str:
             f"{gap['only_student_right']} only the student, of {gap['rows']}).")
 
 
+def _agreement_line(follows: dict) -> str:
+    return (f"Agreement with the teacher on the dev texts and 4 corrupted copies of each ({follows['rows']} texts, no "
+            f"labels needed): top-1 {follows['top1_agreement']:.4f}, mean KL(teacher || student) {follows['kl']:.4f}.")
+
+
+def _epoch_entry(entry: dict | str) -> str:
+    if isinstance(entry, str):  # cards written before the per-epoch measures became a dict
+        return f"dev accuracy {entry}"
+    return ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in entry.items())
+
+
 def model_card_markdown(card: dict) -> str:
     t, s = card["teacher"], card["student"]
     lines = [
@@ -234,7 +245,8 @@ def model_card_markdown(card: dict) -> str:
         "Shared-layer choice (KL of student to teacher logits on up to 256 dev texts, lower is better): "
         + ", ".join(f"{k}: {v:.4f}" for k, v in card.get("shared_layer_probe", {}).items()), "",
         f"Embedding factorization kept {card['embedding_energy_kept']:.3f} of the centred embedding energy.", "",
-        "Per-epoch distillation (dev accuracy): " + "; ".join(card.get("epochs_log", []))
+        *([_agreement_line(s["dev_teacher_agreement"]), ""] if s.get("dev_teacher_agreement") else []),
+        "Per-epoch distillation: " + "; ".join(_epoch_entry(e) for e in card.get("epochs_log", []))
         + (f"; the weights are epoch {card['kept_epoch']}'s" if card.get("kept_epoch") else ""), "",
     ]
     return "\n".join(lines)
