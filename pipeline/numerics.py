@@ -50,17 +50,26 @@ def teacher_agreement(logits: np.ndarray, teacher: np.ndarray) -> dict:
             "rows": len(logits)}
 
 
-def paired_accuracy_gap(logits: np.ndarray, reference: np.ndarray, labels) -> dict:
+def paired_accuracy_gap(logits: np.ndarray, reference: np.ndarray, labels, groups=None) -> dict:
     """Accuracy of `logits` minus that of `reference` on the same labelled rows, in points, with the standard
     error of that difference from the per-row pairs (much smaller than two unpaired errors when the models
-    mostly agree) and the discordant counts: rows only the reference gets right, rows only `logits` gets right."""
+    mostly agree) and the discordant counts: rows only the reference gets right, rows only `logits` gets right.
+    With `groups` (a group id per row, e.g. a text and its corrupted copies), the error treats each group as
+    one draw (cluster-robust), since rows of a group are not independent."""
     labels = np.asarray(labels)
     right = np.asarray(logits).argmax(-1) == labels
     reference_right = np.asarray(reference).argmax(-1) == labels
     diff = right.astype(np.float64) - reference_right
     n = len(diff)
+    if n and groups is not None:
+        _, group = np.unique(np.asarray(groups), return_inverse=True)
+        g = group.max() + 1
+        sums = np.bincount(group, weights=diff - diff.mean(), minlength=g)
+        error = float(np.sqrt((sums ** 2).sum() * g / max(1, g - 1)) / n)
+    else:
+        error = float(diff.std() / np.sqrt(n)) if n else float("nan")
     return {"points": round(100 * float(diff.mean()), 2),
-            "paired_standard_error_points": round(100 * float(diff.std() / np.sqrt(n)), 2) if n else float("nan"),
+            "paired_standard_error_points": round(100 * error, 2) if n else float("nan"),
             "only_reference_right": int((reference_right & ~right).sum()), "only_model_right": int((right & ~reference_right).sum()),
             "rows": n}
 

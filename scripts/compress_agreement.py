@@ -1,5 +1,6 @@
-"""Students' agreement with their teacher on the dev texts plus corrupted copies (the dev measure `compress` logs
-per epoch), and each student's paired difference in agreement from the first one named.
+"""Students' agreement with their teacher on the dev texts plus corrupted copies (the dev measure `compress`
+logs per epoch), and each student's paired difference in agreement from the first one named (its standard error
+counts a dev text and its copies as one draw).
 
     python scripts/compress_agreement.py .pipeline_cache/teacher-<key> pipeline/assets/default_model compressed/<run> ...
 
@@ -47,7 +48,7 @@ def main() -> None:
         if first is None:
             first = logits
         else:
-            diff = paired_accuracy_gap(logits, first, follows_teacher)
+            diff = paired_accuracy_gap(logits, first, follows_teacher, groups=np.arange(len(follows_teacher)) % len(dev))
             row["agreement_minus_first_points"] = diff["points"]
             row["paired_standard_error_points"] = diff["paired_standard_error_points"]
         print(json.dumps(row))

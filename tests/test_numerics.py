@@ -40,6 +40,20 @@ def test_paired_gap_counts_discordant_rows_and_its_error_shrinks_when_models_agr
     assert wide["points"] == -4.0 and wide["paired_standard_error_points"] > gap["paired_standard_error_points"]
 
 
+def test_paired_gap_with_groups_counts_each_group_once_in_its_error():
+    labels = np.zeros(100, dtype=int)
+    reference = np.eye(2)[labels]
+    model = reference.copy()
+    model[:10] = model[:10, ::-1]  # wrong on rows 0-9
+    spread = paired_accuracy_gap(model, reference, labels, groups=np.arange(100) % 50)  # the misses in 10 groups
+    clumped = paired_accuracy_gap(model, reference, labels, groups=np.arange(100) // 10)  # all misses in one group
+    rows = paired_accuracy_gap(model, reference, labels)
+    assert spread["points"] == clumped["points"] == rows["points"] == -10.0
+    assert clumped["paired_standard_error_points"] > rows["paired_standard_error_points"]
+    # one group of ten rows out of ten groups: the mean's error is that of a single draw in ten
+    assert clumped["paired_standard_error_points"] == pytest.approx(100 * np.sqrt(0.1 * 0.9 / 9), abs=0.01)
+
+
 def test_teacher_agreement_is_top1_share_and_kl_which_is_zero_only_for_the_teacher_itself():
     teacher = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.0, 3.0]])
     assert teacher_agreement(teacher, teacher) == {"top1_agreement": 1.0, "kl": 0.0, "rows": 4}
