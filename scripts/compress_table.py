@@ -27,18 +27,20 @@ def main(folders: list[str]) -> None:
 
 
 def ablation(folders: list[str]) -> None:
-    """One row per recipe: its ingredients, dev accuracy (decisions), test accuracy (reported), size, wall time."""
+    """One row per recipe: its ingredients, dev accuracy and agreement (decisions), test accuracy (reported), size,
+    wall time."""
     cards = [(Path(f), json.loads((Path(f) / "model_card.json").read_text())) for f in folders]
     print("| run | distill epochs | hidden w | attention w | aug copies | parameters | % of teacher | teacher dev / test "
-          "| student dev | student test | gap to teacher (test) | wall time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+          "| student dev | dev agreement with teacher | student test | gap to teacher (test) | wall time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for folder, card in cards:
         s, t, g = card["student"], card["teacher"], card["settings"]
         dev = "" if s.get("dev_accuracy") is None else f"{s['dev_accuracy']:.3f}"
         tdev = "-" if t.get("dev_accuracy") is None else f"{t['dev_accuracy']:.3f}"
+        follows = "-" if not s.get("dev_teacher_agreement") else f"{s['dev_teacher_agreement']['top1_agreement']:.4f}"
         print(f"| {folder.name} | {g['epochs']} | {g.get('hidden_weight', 0):g} | {g.get('attention_weight', 0):g} | "
               f"{g.get('augment_copies', 0)} | {s['params']:,} | {s['params'] / t['params']:.1%} | "
-              f"{tdev} / {t['test_accuracy']:.3f} | {dev} | {s['test_accuracy']:.3f} | "
+              f"{tdev} / {t['test_accuracy']:.3f} | {dev} | {follows} | {s['test_accuracy']:.3f} | "
               f"{100 * (s['test_accuracy'] - t['test_accuracy']):+.1f} pt | {card['seconds'] / 60:.0f} min |")
 
 
