@@ -144,7 +144,7 @@ def test_compress_with_intermediate_distillation_augmentation_and_dev_split(teac
     assert len(card["teacher"]["dev_accuracy_per_epoch"]) == 1 and card["seeds"]["distill_epoch_order"] == "[0, epoch]"
     assert len(card["epochs_log"]) == 1 and card["kept_epoch"] == 1
     follows = card["student"]["dev_teacher_agreement"]
-    assert follows["rows"] == 16 * 5 and 0 <= follows["top1_agreement"] <= 1 and follows["kl"] >= 0  # dev + 4 copies
+    assert follows["rows"] == 16 * 5 and follows["copies"] == 4 and 0 <= follows["top1_agreement"] <= 1 and follows["kl"] >= 0  # dev + 4 copies
     assert set(card["epochs_log"][0]) == {"dev_accuracy", "dev_teacher_agreement", "dev_teacher_kl"}
     gap = card["test_gap_to_teacher"]
     assert gap["points"] == pytest.approx(100 * (card["student"]["test_accuracy"] - card["teacher"]["test_accuracy"]), abs=0.01)

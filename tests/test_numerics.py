@@ -50,6 +50,7 @@ def test_paired_gap_with_groups_counts_each_group_once_in_its_error():
     rows = paired_accuracy_gap(model, reference, labels)
     assert spread["points"] == clumped["points"] == rows["points"] == -10.0
     assert clumped["paired_standard_error_points"] > rows["paired_standard_error_points"]
+    assert spread["paired_standard_error_points"] < clumped["paired_standard_error_points"]
     # one group of ten rows out of ten groups: the mean's error is that of a single draw in ten
     assert clumped["paired_standard_error_points"] == pytest.approx(100 * np.sqrt(0.1 * 0.9 / 9), abs=0.01)
 

@@ -337,13 +337,20 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     agreement = agreement_texts(dev, train, tokenizer, cfg.seed) if dev is not None else None
     teacher_agreement_logits = _run_logits(teacher_fn, agreement, rt=rt) if agreement is not None else None
 
+    def dev_measures(on: Runtime) -> tuple[float, dict | None]:
+        """Decision-split accuracy and, with a dev split, agreement with the teacher: one pass over the
+        agreement texts, whose first rows are the dev texts."""
+        if agreement is None:
+            return accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=on), decision.labels), None
+        logits = _run_logits(lambda i, m: student(i, m), agreement, rt=on)
+        follows = teacher_agreement(logits.numpy(), teacher_agreement_logits.numpy())
+        return accuracy(logits[: len(dev)], dev.labels), {**follows, "copies": AGREEMENT_COPIES}
+
     def evaluate() -> dict[str, float]:
-        measures = {"dev_accuracy": accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)}
-        if agreement is not None:
-            follows = teacher_agreement(_run_logits(lambda i, m: student(i, m), agreement, rt=rt).numpy(),
-                                        teacher_agreement_logits.numpy())
-            measures.update(dev_teacher_agreement=follows["top1_agreement"], dev_teacher_kl=follows["kl"])
-        return measures
+        value, follows = dev_measures(rt)
+        if follows is None:
+            return {"dev_accuracy": value}
+        return {"dev_accuracy": value, "dev_teacher_agreement": follows["top1_agreement"], "dev_teacher_kl": follows["kl"]}
 
     distill_started = time.perf_counter()
     # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
@@ -371,9 +378,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     student_test = _run_logits(lambda i, m: student(i, m), test, rt=cpu)
     student_accuracy = accuracy(student_test, test.labels)
     gap = paired_accuracy_gap(student_test.numpy(), teacher_test.numpy(), test.labels)
-    student_dev_accuracy = accuracy(_run_logits(lambda i, m: student(i, m), dev, rt=cpu), dev.labels) if dev else None
-    follows = (teacher_agreement(_run_logits(lambda i, m: student(i, m), agreement, rt=cpu).numpy(),
-                                 teacher_agreement_logits.numpy()) if agreement is not None else None)
+    student_dev_accuracy, follows = dev_measures(cpu) if dev is not None else (None, None)
     log(f"  student test accuracy {student_accuracy:.4f}"
         + (f", dev {student_dev_accuracy:.4f}" if dev is not None else "")
         + f" as stored ({store_dtype}); {gap['points']:+.1f} points to the teacher on test "

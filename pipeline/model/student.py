@@ -217,7 +217,7 @@ def _gap_line(gap: dict) -> str:
 
 
 def _agreement_line(follows: dict) -> str:
-    return (f"Agreement with the teacher on the dev texts and 4 corrupted copies of each ({follows['rows']} texts, no "
+    return (f"Agreement with the teacher on the dev texts and {follows['copies']} corrupted copies of each ({follows['rows']} texts, no "
             f"labels needed): top-1 {follows['top1_agreement']:.4f}, mean KL(teacher || student) {follows['kl']:.4f}.")
 
 
