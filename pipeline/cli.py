@@ -93,6 +93,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--out", dest="out_dir", required=True, help="output checkpoint dir")
     p.add_argument("--embedding-size", type=int)
     p.add_argument("--share", choices=["all", "attention", "ffn", "none"])
+    p.add_argument("--groups", type=int, help="with --share all: layer groups; consecutive calls share one layer "
+                   "(ALBERT's num_hidden_groups; default: 1)")
     p.add_argument("--layers", type=int)
     p.add_argument("--recurrent", choices=["gru"])
     p.add_argument("--train-data", help="CSV/JSONL with text and label columns, or a packaged data set: "
@@ -211,7 +213,7 @@ def run_compress(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports; errors still reach stderr
         sys.stdout = open(os.devnull, "w")
     config = load_config(args.config).compress
-    _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "layers", "recurrent", "train_data",
+    _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "groups", "layers", "recurrent", "train_data",
                              "eval_data", "text_column", "label_column", "epochs", "keep_epoch", "teacher_epochs", "batch_size",
                              "max_length", "train_limit", "eval_limit", "seed", "lr", "temperature", "distill_weight",
                              "dev_fraction", "hidden_weight", "attention_weight", "augment_copies", "augment_prob",

@@ -116,6 +116,7 @@ class CompressConfig:
     out_dir: str = "compressed"
     embedding_size: int = 128
     share: str = "all"  # all | attention | ffn | none
+    groups: int = field(default=1, metadata={"min": 1})  # with share "all": layer groups, consecutive calls share one
     layers: int | None = None  # None: as many as the teacher
     recurrent: str | None = None  # None or "gru"
     train_data: str | None = None

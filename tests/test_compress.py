@@ -45,7 +45,7 @@ def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data,
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
 
 
-def _student_vs_teacher(teacher_dir, data_path, embedding_size: int) -> float:
+def _student_vs_teacher(teacher_dir, data_path, embedding_size: int, share: str = "none", groups: int = 1) -> float:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.data import load_labeled_file
@@ -54,10 +54,11 @@ def _student_vs_teacher(teacher_dir, data_path, embedding_size: int) -> float:
     batches = C.Batches(tokenizer, load_labeled_file(data_path, ["great", "other"]), 32)
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=2).eval()
-    cfg = CompressConfig(embedding_size=embedding_size, share="none")
+    cfg = CompressConfig(embedding_size=embedding_size, share=share, groups=groups)
     spec = C.student_spec(AutoConfig.from_pretrained(str(teacher_dir)), cfg, 2)
+    candidates = C.shared_layer_candidates(spec, 3)
     student = C.build_student(spec, teacher, C.factorize_embeddings(teacher.bert.embeddings, batches, embedding_size),
-                              0, "none").eval()
+                              candidates[-1], share).eval()
     ids, mask, _ = batches.batch(np.arange(16))
     with torch.no_grad():
         return float((teacher(input_ids=ids, attention_mask=mask).logits - student(ids, mask)).abs().max())
@@ -67,6 +68,46 @@ def test_unfactorized_unshared_student_equals_teacher(teacher_and_data):
     """E = H, no sharing: the LayerNorm-aware mapping makes the ALBERT student exactly the BERT teacher."""
     _, teacher, train, _ = teacher_and_data
     assert _student_vs_teacher(teacher, train, 32) < 1e-5
+
+
+def test_as_many_groups_as_calls_starts_as_the_teacher(teacher_and_data):
+    """With --share all, group j's shared layer starts as a teacher layer its calls stand for: one group per call is
+    the teacher again."""
+    _, teacher, train, _ = teacher_and_data
+    assert _student_vs_teacher(teacher, train, 32, share="all", groups=3) < 1e-5
+
+
+def test_each_group_starts_as_the_teacher_layer_it_was_given(teacher_and_data):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _, teacher_dir, _, _ = teacher_and_data
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=2)
+    spec = C.student_spec(AutoConfig.from_pretrained(str(teacher_dir)), CompressConfig(embedding_size=32, groups=2), 2)
+    emb = teacher.bert.embeddings.word_embeddings.weight.detach()
+    factorized = {"word": emb, "position": teacher.bert.embeddings.position_embeddings.weight.detach(),
+                  "type": teacher.bert.embeddings.token_type_embeddings.weight.detach(),
+                  "mapping_weight": torch.eye(32), "mapping_bias": torch.zeros(32)}
+    student = C.build_student(spec, teacher, factorized, (1, 2), "all")
+    groups = student.albert.encoder.albert_layer_groups
+    assert len(groups) == 2 and [student.albert.encoder.group_for_layer(i) for i in range(3)] == [0, 0, 1]
+    for group, layer in zip(groups, (1, 2)):
+        query = group.albert_layers[0].attention.query.weight
+        assert torch.equal(query, teacher.bert.encoder.layer[layer].attention.self.query.weight)
+
+
+def test_shared_layer_candidates_span_the_teacher_layers_of_each_group():
+    from pipeline.model.albert import AlbertSpec
+
+    def spec(layers: int, groups: int) -> AlbertSpec:
+        return AlbertSpec(vocab_size=10, embedding_size=4, hidden_size=8, num_hidden_layers=layers,
+                          num_hidden_groups=groups, inner_group_num=1, num_attention_heads=2, intermediate_size=8,
+                          hidden_act="gelu", max_position_embeddings=8, type_vocab_size=2, layer_norm_eps=1e-12,
+                          num_labels=2)
+
+    assert C.shared_layer_candidates(spec(6, 1), 6) == [(i,) for i in range(6)]
+    two = C.shared_layer_candidates(spec(6, 2), 6)
+    assert len(two) == 9 and two[0] == (0, 3) and two[-1] == (2, 5)
+    assert C.shared_layer_candidates(spec(3, 3), 6) == [(0, 2, 5)]  # three calls stand for teacher layers 0, 2, 5
 
 
 def test_factorized_student_stays_close_to_teacher(teacher_and_data):
@@ -277,7 +318,9 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
     assert card["hardware"]["processes"] == 2
 
 
-@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction")])
+@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction"),
+                                           (["--groups", "2", "--share", "none"], "--groups 2 needs --share all"),
+                                           (["--groups", "4"], "--groups 4 exceeds the 3 layer calls")])
 def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, monkeypatch, args, message):
     root, teacher, train, test = teacher_and_data
     monkeypatch.chdir(root)

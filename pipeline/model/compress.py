@@ -36,7 +36,9 @@ from pipeline.errors import PipelineError
 from pipeline.numerics import paired_accuracy_gap, teacher_agreement
 from pipeline.model.albert import ExportAlbert
 from pipeline.model.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
-from pipeline.model.student import _agreement, build_student, factorize_embeddings, save_checkpoint, student_spec
+from pipeline.model.student import (
+    _agreement, build_student, factorize_embeddings, save_checkpoint, shared_layer_candidates, student_spec,
+)
 from pipeline.model.distill import (Augmenter, Runtime, attention_log_probs, attention_loss_rows, hardware,
                                     hidden_loss_rows, layer_map, make_runtime, train_epochs)
 
@@ -278,6 +280,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     label_names = train_data.label_names
     full_train, test = Batches(tokenizer, train_data, cfg.max_length), Batches(tokenizer, test_data, cfg.max_length)
     train, dev = split_dev(full_train, cfg.dev_fraction, cfg.seed)
+    spec = student_spec(teacher_config, cfg, len(label_names))  # its option errors come before any training
     log(f"[compress] data: {len(train)} train + {len(dev) if dev else 0} dev (carved from {train_data.source}, "
         f"seed {cfg.seed}) / {len(test)} test texts from {test_data.source}; device {rt.device}"
         + (f", {rt.world} processes" if rt.distributed else ""))
@@ -302,9 +305,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     teacher_train = (_run_logits(teacher_fn, train, rt=rt, progress=eval_progress("teacher on train", train))
                      if cfg.epochs > 0 and not online else None)
 
-    spec = student_spec(teacher_config, cfg, len(label_names))
     factorized = factorize_embeddings(teacher.bert.embeddings, train, cfg.embedding_size)
-    log(f"[compress] student: E={spec.embedding_size}, share={cfg.share}, layers={spec.num_hidden_layers}, "
+    log(f"[compress] student: E={spec.embedding_size}, share={cfg.share}, groups={spec.num_hidden_groups}, layers={spec.num_hidden_layers}, "
         f"embedding basis keeps {factorized['energy_kept']:.3f} of the energy")
 
     # The shared layer is chosen on dev texts (or, without a dev split, a seeded slice of train).
@@ -316,17 +318,21 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         probe = _subset(train, probe_ids)
         probe_teacher = _run_logits(teacher_fn, probe, rt=rt)
     probe_scores: dict[str, float] = {}
-    shared_from = 0
+    shared_from: tuple[int, ...] = (0,)
     if cfg.share != "none":
-        progress = Progress(teacher_config.num_hidden_layers, "  probe shared layer", log, enabled=rt.main,
-                            interval=cfg.progress_seconds, unit="layer")
-        for layer in range(teacher_config.num_hidden_layers):
-            candidate = build_student(spec, teacher, factorized, layer, cfg.share).to(rt.device)
-            probe_scores[f"layer {layer}"] = _agreement(candidate, probe, probe_teacher, rt)
+        candidates = shared_layer_candidates(spec, teacher_config.num_hidden_layers)
+        progress = Progress(len(candidates), "  probe shared layer", log, enabled=rt.main,
+                            interval=cfg.progress_seconds, unit="candidate")
+        scores: dict[tuple[int, ...], float] = {}
+        for layers in candidates:
+            candidate = build_student(spec, teacher, factorized, layers, cfg.share).to(rt.device)
+            scores[layers] = _agreement(candidate, probe, probe_teacher, rt)
             progress.update(1)
         progress.close()
-        shared_from = int(min(probe_scores, key=probe_scores.get).split()[1])
-        log(f"  shared layer from teacher layer {shared_from} (probe KL on {len(probe)} "
+        shared_from = min(scores, key=scores.get)
+        probe_scores = {("layer " if len(layers) == 1 else "layers ") + ",".join(map(str, layers)): score
+                        for layers, score in scores.items()}
+        log(f"  shared layer(s) from teacher layer(s) {','.join(map(str, shared_from))} (probe KL on {len(probe)} "
             f"{'dev' if dev is not None else 'train'} texts: " + ", ".join(f"{k} {v:.3f}" for k, v in probe_scores.items()) + ")")
     student = build_student(spec, teacher, factorized, shared_from, cfg.share).to(rt.device)
     decision = dev if dev is not None else test
@@ -417,7 +423,9 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
                   "distill_epoch_order": f"[{distill_seed}, epoch]",
                   "augmentation": f"[{distill_seed}, 7919, epoch, example, copy]"},
-        "shared_from_teacher_layer": shared_from if cfg.share != "none" else None,
+        # one teacher layer per shared layer: an int for one group (as before groups existed), a list for several
+        "shared_from_teacher_layer": (None if cfg.share == "none" else shared_from[0] if len(shared_from) == 1
+                                      else list(shared_from)),
         "shared_layer_probe": probe_scores,
         "embedding_energy_kept": factorized["energy_kept"],
         "epochs_log": epochs_log,

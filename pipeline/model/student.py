@@ -2,6 +2,7 @@
 copied from one teacher layer, and the Hugging Face checkpoint + model card it is saved as (see compress.py)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -39,6 +40,10 @@ def student_spec(teacher_config, cfg: CompressConfig, num_labels: int) -> Albert
     share = cfg.share
     if share not in ("all", "attention", "ffn", "none"):
         raise PipelineError(f"--share must be all, attention, ffn or none, not {share!r}")
+    if cfg.groups != 1 and share != "all":
+        raise PipelineError(f"--groups {cfg.groups} needs --share all (with --share {share} every call has its own layer)")
+    if cfg.groups > layers:
+        raise PipelineError(f"--groups {cfg.groups} exceeds the {layers} layer calls")
     if cfg.embedding_size > teacher_config.hidden_size:
         raise PipelineError(f"--embedding-size {cfg.embedding_size} exceeds the teacher's hidden size {teacher_config.hidden_size}")
     return AlbertSpec(
@@ -46,7 +51,7 @@ def student_spec(teacher_config, cfg: CompressConfig, num_labels: int) -> Albert
         embedding_size=cfg.embedding_size,
         hidden_size=teacher_config.hidden_size,
         num_hidden_layers=layers,
-        num_hidden_groups=1 if share == "all" else layers,
+        num_hidden_groups=cfg.groups if share == "all" else layers,
         inner_group_num=1,
         num_attention_heads=teacher_config.num_attention_heads,
         intermediate_size=teacher_config.intermediate_size,
@@ -112,8 +117,26 @@ def _copy_layer(student_layer, teacher_layer, parts: tuple[str, ...] = ("attenti
     student_layer.load_state_dict(target, strict=False)
 
 
-def build_student(spec: AlbertSpec, teacher, factorized: dict, shared_from: int, share: str) -> ExportAlbert:
-    """The student with embeddings, layers, pooler and classifier taken from the teacher."""
+def _spread(n_teacher: int, n_student: int) -> list[int]:
+    """The teacher layer each student call stands for (its hidden state is distilled against that layer's)."""
+    return [round(i * (n_teacher - 1) / max(1, n_student - 1)) for i in range(n_student)]
+
+
+def shared_layer_candidates(spec: AlbertSpec, n_teacher: int) -> list[tuple[int, ...]]:
+    """Which teacher layers may initialise the shared layers, one per group: with one group any teacher layer; with
+    several, each group's layer comes from the teacher layers its calls stand for (every combination is a candidate)."""
+    if spec.num_hidden_groups == 1:
+        return [(layer,) for layer in range(n_teacher)]
+    spread = _spread(n_teacher, spec.num_hidden_layers)
+    spans: dict[int, list[int]] = {}
+    for call in range(spec.num_hidden_layers):
+        spans.setdefault(int(call / (spec.num_hidden_layers / spec.num_hidden_groups)), []).append(spread[call])
+    return list(itertools.product(*(range(min(span), max(span) + 1) for span in spans.values())))
+
+
+def build_student(spec: AlbertSpec, teacher, factorized: dict, shared_from: tuple[int, ...], share: str) -> ExportAlbert:
+    """The student with embeddings, layers, pooler and classifier taken from the teacher; with sharing, shared
+    layer (group) j starts as teacher layer shared_from[j]."""
     student = ExportAlbert(spec)
     bert = teacher.bert
     with torch.no_grad():
@@ -128,15 +151,16 @@ def build_student(spec: AlbertSpec, teacher, factorized: dict, shared_from: int,
         teacher_layers = bert.encoder.layer
         groups = student.albert.encoder.albert_layer_groups
         n_teacher, n_student = len(teacher_layers), spec.num_hidden_layers
-        spread = [round(i * (n_teacher - 1) / max(1, n_student - 1)) for i in range(n_student)]
+        spread = _spread(n_teacher, n_student)
         if share == "all":
-            _copy_layer(groups[0].albert_layers[0], teacher_layers[shared_from])
+            for group, layer in zip(groups, shared_from, strict=True):
+                _copy_layer(group.albert_layers[0], teacher_layers[layer])
         else:
             for index, group in enumerate(groups):
                 _copy_layer(group.albert_layers[0], teacher_layers[spread[index]])
             if share in ("attention", "ffn"):
                 shared_part = "attention" if share == "attention" else "ffn"
-                _copy_layer(groups[0].albert_layers[0], teacher_layers[shared_from], (shared_part,))
+                _copy_layer(groups[0].albert_layers[0], teacher_layers[shared_from[0]], (shared_part,))
                 for group in groups[1:]:
                     layer = group.albert_layers[0]
                     if share == "attention":
