@@ -20,7 +20,9 @@ def main(folders: list[str]) -> None:
           f"{teacher['params']:,} | 100% | {teacher['fp32_bytes'] / 1e6:.1f} | {teacher['test_accuracy']:.3f} |")
     for folder, card in cards:
         s, settings = card["student"], card["settings"]
-        print(f"| {folder.name} | {s['spec']['embedding_size']} | {settings['share']} | {settings['epochs']} | "
+        groups = settings.get("groups", 1)
+        sharing = settings["share"] + (f", {groups} groups" if groups > 1 else "")
+        print(f"| {folder.name} | {s['spec']['embedding_size']} | {sharing} | {settings['epochs']} | "
               f"{s['params']:,} | {s['params'] / teacher['params']:.1%} | {s['fp32_bytes'] / 1e6:.1f} | "
               f"{s['test_accuracy']:.3f} |")
     print(f"| majority class (`great`) | | | | | | | {first['majority_baseline']:.3f} |")
