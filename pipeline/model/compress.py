@@ -306,8 +306,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                      if cfg.epochs > 0 and not online else None)
 
     factorized = factorize_embeddings(teacher.bert.embeddings, train, cfg.embedding_size)
-    log(f"[compress] student: E={spec.embedding_size}, share={cfg.share}, groups={spec.num_hidden_groups}, layers={spec.num_hidden_layers}, "
-        f"embedding basis keeps {factorized['energy_kept']:.3f} of the energy")
+    log(f"[compress] student: E={spec.embedding_size}, share={cfg.share}, groups={spec.num_hidden_groups}, "
+        f"layers={spec.num_hidden_layers}, embedding basis keeps {factorized['energy_kept']:.3f} of the energy")
 
     # The shared layer is chosen on dev texts (or, without a dev split, a seeded slice of train).
     if dev is not None:

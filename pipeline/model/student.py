@@ -118,7 +118,8 @@ def _copy_layer(student_layer, teacher_layer, parts: tuple[str, ...] = ("attenti
 
 
 def _spread(n_teacher: int, n_student: int) -> list[int]:
-    """The teacher layer each student call stands for (its hidden state is distilled against that layer's)."""
+    """The teacher layer each student call stands for when it is initialised: the teacher's layers spread evenly over
+    the calls (the identity when both have as many)."""
     return [round(i * (n_teacher - 1) / max(1, n_student - 1)) for i in range(n_student)]
 
 
