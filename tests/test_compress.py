@@ -56,7 +56,7 @@ def _student_vs_teacher(teacher_dir, data_path, embedding_size: int, share: str 
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=2).eval()
     cfg = CompressConfig(embedding_size=embedding_size, share=share, groups=groups)
     spec = C.student_spec(AutoConfig.from_pretrained(str(teacher_dir)), cfg, 2)
-    candidates = C.shared_layer_candidates(spec, 3)
+    candidates = C.shared_layer_candidates(spec, teacher.config.num_hidden_layers)
     student = C.build_student(spec, teacher, C.factorize_embeddings(teacher.bert.embeddings, batches, embedding_size),
                               candidates[-1], share).eval()
     ids, mask, _ = batches.batch(np.arange(16))
@@ -107,7 +107,7 @@ def test_shared_layer_candidates_span_the_teacher_layers_of_each_group():
     assert C.shared_layer_candidates(spec(6, 1), 6) == [(i,) for i in range(6)]
     two = C.shared_layer_candidates(spec(6, 2), 6)
     assert len(two) == 9 and two[0] == (0, 3) and two[-1] == (2, 5)
-    assert C.shared_layer_candidates(spec(3, 3), 6) == [(0, 2, 5)]  # three calls stand for teacher layers 0, 2, 5
+    assert C.shared_layer_candidates(spec(3, 3), 6) == [(1, 3, 5)]  # three calls distilled against teacher layers 1, 3, 5
 
 
 def test_factorized_student_stays_close_to_teacher(teacher_and_data):

@@ -17,7 +17,7 @@ from pipeline.config import CompressConfig
 from pipeline.errors import PipelineError
 from pipeline.model.albert import AlbertSpec, ExportAlbert
 from pipeline.model.batches import Batches, _run_logits
-from pipeline.model.distill import Runtime
+from pipeline.model.distill import Runtime, layer_map
 
 BERT_LAYER_MAP = {
     "attention.self.query": "attention.query",
@@ -118,20 +118,21 @@ def _copy_layer(student_layer, teacher_layer, parts: tuple[str, ...] = ("attenti
 
 
 def _spread(n_teacher: int, n_student: int) -> list[int]:
-    """The teacher layer each student call stands for when it is initialised: the teacher's layers spread evenly over
-    the calls (the identity when both have as many)."""
+    """The teacher layer each unshared student layer starts as: the teacher's layers spread evenly over the calls,
+    first and last kept (the identity when both have as many)."""
     return [round(i * (n_teacher - 1) / max(1, n_student - 1)) for i in range(n_student)]
 
 
 def shared_layer_candidates(spec: AlbertSpec, n_teacher: int) -> list[tuple[int, ...]]:
     """Which teacher layers may initialise the shared layers, one per group: with one group any teacher layer; with
-    several, each group's layer comes from the teacher layers its calls stand for (every combination is a candidate)."""
+    several, each group's layer comes from the teacher layers its calls are distilled against (`layer_map`; every
+    combination is a candidate)."""
     if spec.num_hidden_groups == 1:
         return [(layer,) for layer in range(n_teacher)]
-    spread = _spread(n_teacher, spec.num_hidden_layers)
+    targets = [hidden_index - 1 for hidden_index in layer_map(spec.num_hidden_layers, n_teacher)]
     spans: dict[int, list[int]] = {}
     for call in range(spec.num_hidden_layers):
-        spans.setdefault(int(call / (spec.num_hidden_layers / spec.num_hidden_groups)), []).append(spread[call])
+        spans.setdefault(int(call / (spec.num_hidden_layers / spec.num_hidden_groups)), []).append(targets[call])
     return list(itertools.product(*(range(min(span), max(span) + 1) for span in spans.values())))
 
 
