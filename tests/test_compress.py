@@ -33,14 +33,14 @@ def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data,
                  "--batch-size", "16", "--max-length", "32"])
     assert code == 0
     model = AlbertForSequenceClassification.from_pretrained(str(out), local_files_only=True)
-    assert model.config.embedding_size == 8 and model.config.num_hidden_groups == 1
+    assert model.config.embedding_size == 8 and model.config.num_hidden_groups == 2  # the default: two groups
     card = json.loads((out / "model_card.json").read_text())
     assert card["student"]["params"] < card["teacher"]["params"]
     assert card["student"]["params"] == sum(p.numel() for p in model.parameters())
     for key in ("test_accuracy",):
         assert 0.0 <= card["teacher"][key] <= 1.0 and 0.0 <= card["student"][key] <= 1.0
     assert 0.5 <= card["majority_baseline"] <= 1.0
-    assert set(card["shared_layer_probe"]) == {"layer 0", "layer 1", "layer 2"}
+    assert set(card["shared_layer_probe"]) == {"layers 0,2", "layers 1,2"}  # calls 0-1 stand for teacher layers 0-1
     assert card["settings"]["seed"] == 0 and (out / "model_card.md").is_file()
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
 
@@ -108,6 +108,17 @@ def test_shared_layer_candidates_span_the_teacher_layers_of_each_group():
     two = C.shared_layer_candidates(spec(6, 2), 6)
     assert len(two) == 9 and two[0] == (0, 3) and two[-1] == (2, 5)
     assert C.shared_layer_candidates(spec(3, 3), 6) == [(1, 3, 5)]  # three calls distilled against teacher layers 1, 3, 5
+
+
+def test_default_groups_are_two_shared_layers_and_only_with_share_all():
+    from transformers import BertConfig
+
+    def groups(layers: int, **settings) -> int:
+        teacher = BertConfig(hidden_size=8, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=8)
+        return C.student_spec(teacher, CompressConfig(embedding_size=4, **settings), 2).num_hidden_groups
+
+    assert groups(6) == 2 and groups(1) == 1 and groups(6, groups=1) == 1 and groups(6, groups=3) == 3
+    assert groups(6, share="none") == 6 and groups(6, share="attention") == 6  # every call its own layer
 
 
 def test_factorized_student_stays_close_to_teacher(teacher_and_data):

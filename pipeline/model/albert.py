@@ -360,8 +360,8 @@ def check_spec(spec: AlbertSpec) -> None:
         raise ValueError(f"hidden_act {spec.hidden_act!r} is not supported; supported: {SUPPORTED_ACTIVATIONS}")
     if spec.hidden_size % spec.num_attention_heads:
         raise ValueError("hidden_size must be a multiple of num_attention_heads")
-    if spec.num_hidden_layers % spec.num_hidden_groups:
-        raise ValueError("num_hidden_layers must be a multiple of num_hidden_groups")
+    if not 1 <= spec.num_hidden_groups <= spec.num_hidden_layers:
+        raise ValueError("num_hidden_groups must be between 1 and num_hidden_layers")
 
 
 def export_model_from_state(spec: AlbertSpec, state_dict: dict[str, torch.Tensor]) -> ExportAlbert:

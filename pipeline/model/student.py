@@ -29,6 +29,7 @@ BERT_LAYER_MAP = {
     "output.dense": "ffn_output",
     "output.LayerNorm": "full_layer_layer_norm",
 }
+DEFAULT_GROUPS = 2  # with --share all: two shared layers (calls 0..2, 3..5 of six), chosen by measurement (README)
 ATTENTION_PARTS = ("attention",)
 FFN_PARTS = ("ffn", "ffn_output", "full_layer_layer_norm")
 
@@ -40,10 +41,11 @@ def student_spec(teacher_config, cfg: CompressConfig, num_labels: int) -> Albert
     share = cfg.share
     if share not in ("all", "attention", "ffn", "none"):
         raise PipelineError(f"--share must be all, attention, ffn or none, not {share!r}")
-    if cfg.groups != 1 and share != "all":
+    if cfg.groups not in (None, 1) and share != "all":
         raise PipelineError(f"--groups {cfg.groups} needs --share all (with --share {share} every call has its own layer)")
-    if cfg.groups > layers:
+    if cfg.groups is not None and cfg.groups > layers:
         raise PipelineError(f"--groups {cfg.groups} exceeds the {layers} layer calls")
+    groups = cfg.groups if cfg.groups is not None else min(DEFAULT_GROUPS, layers)
     if cfg.embedding_size > teacher_config.hidden_size:
         raise PipelineError(f"--embedding-size {cfg.embedding_size} exceeds the teacher's hidden size {teacher_config.hidden_size}")
     return AlbertSpec(
@@ -51,7 +53,7 @@ def student_spec(teacher_config, cfg: CompressConfig, num_labels: int) -> Albert
         embedding_size=cfg.embedding_size,
         hidden_size=teacher_config.hidden_size,
         num_hidden_layers=layers,
-        num_hidden_groups=cfg.groups if share == "all" else layers,
+        num_hidden_groups=groups if share == "all" else layers,
         inner_group_num=1,
         num_attention_heads=teacher_config.num_attention_heads,
         intermediate_size=teacher_config.intermediate_size,
