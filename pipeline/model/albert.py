@@ -255,8 +255,7 @@ class AlbertEncoder(nn.Module):
         self.albert_layer_groups = nn.ModuleList([AlbertLayerGroup(spec) for _ in range(spec.num_hidden_groups)])
 
     def group_for_layer(self, index: int) -> int:
-        # HF: int(i / (num_hidden_layers / num_hidden_groups))
-        return int(index / (self.num_hidden_layers / self.num_hidden_groups))
+        return group_for_layer(index, self.num_hidden_layers, self.num_hidden_groups)
 
     def forward(
         self, embedded: torch.Tensor, additive_mask: torch.Tensor, collect: list[torch.Tensor] | None = None
@@ -353,6 +352,11 @@ class ExportAlbert(nn.Module):
     def num_parameters(self) -> int:
         """Unique parameters (shared layers counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def group_for_layer(index: int, layers: int, groups: int) -> int:
+    """The layer group that call `index` runs: HF's int(i / (layers / groups)); groups need not divide layers."""
+    return int(index / (layers / groups))
 
 
 def check_spec(spec: AlbertSpec) -> None:

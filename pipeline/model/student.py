@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pipeline.config import CompressConfig
 from pipeline.errors import PipelineError
-from pipeline.model.albert import AlbertSpec, ExportAlbert
+from pipeline.model.albert import AlbertSpec, ExportAlbert, group_for_layer
 from pipeline.model.batches import Batches, _run_logits
 from pipeline.model.distill import Runtime, layer_map
 
@@ -134,7 +134,8 @@ def shared_layer_candidates(spec: AlbertSpec, n_teacher: int) -> list[tuple[int,
     targets = [hidden_index - 1 for hidden_index in layer_map(spec.num_hidden_layers, n_teacher)]
     spans: dict[int, list[int]] = {}
     for call in range(spec.num_hidden_layers):
-        spans.setdefault(int(call / (spec.num_hidden_layers / spec.num_hidden_groups)), []).append(targets[call])
+        group = group_for_layer(call, spec.num_hidden_layers, spec.num_hidden_groups)
+        spans.setdefault(group, []).append(targets[call])
     return list(itertools.product(*(range(min(span), max(span) + 1) for span in spans.values())))
 
 
