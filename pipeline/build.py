@@ -1,11 +1,11 @@
-"""`pipeline build`: the list of stages for one target, each run through the stage cache (pipeline/stage.py).
+"""`pipeline build`: the list of stages for one target, each run through the stage cache (pipeline/core/stage.py).
 
     model, data -> reference -> [trace] -> ExecuTorch fp32, int8 | TFLite (beside it, its converter in its own
-    process) -> validate (every artifact in its runtime) -> gate -> bundle
+    process) -> MediaPipe files -> validate (every artifact in its runtime) -> tokenizer drift -> gate -> bundle
 
-A rebuild with nothing changed, or with only thresholds changed, re-runs no lowering and no runtime: every
-stage's output is cached by a key of its inputs and the tool versions. The target folder is replaced only
-when every artifact passed validation.
+Every stage is a lowering or verification function (pipeline/lower, pipeline/verify) with a cache key from its
+inputs; a rebuild with nothing changed, or with only thresholds changed, re-runs no lowering and no runtime. The
+target folder is replaced only when every artifact passed validation.
 """
 from __future__ import annotations
 
@@ -16,33 +16,145 @@ import os
 import shutil
 import tempfile
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.artifact import Artifact
-from pipeline.cache import StageCache, pid_alive, remove_stale
-from pipeline.config import PipelineConfig
-from pipeline.data import LabeledTexts, load_labeled_file, load_small_fine_foods
-from pipeline.errors import DriftError, PipelineError
+import numpy as np
+
+from pipeline.bundle import Bundle, bundle
+from pipeline.core.artifact import Artifact
+from pipeline.core.cache import StageCache, pid_alive, remove_stale
+from pipeline.core.config import PipelineConfig
+from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
+from pipeline.core.errors import DriftError, PipelineError
+from pipeline.core.shapes import ShapeContract, check_shapes, sweep_rows
+from pipeline.core.stage import ARRAY, ARTIFACTS, JSON, OUTPUTS, Context, Stage, StageTimer, run_cached
+from pipeline.core.tokenization import Encoded, clean_text, encode
+from pipeline.lower.executorch import executorch_file
+from pipeline.lower.mediapipe import SUFFIX as MEDIAPIPE_SUFFIX, make_files
+from pipeline.lower.tflite import Hooks, TFLiteJob, lower_tflite
+from pipeline.lower.trace import Traced, trace
 from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
-from pipeline.report import drift_table, write_reports
-from pipeline.shapes import ShapeContract, check_shapes
-from pipeline.stage import Context, StageTimer, run_cached
-from pipeline.tokenization import Encoded, clean_text, encode
+from pipeline.model.reference import reference_logits, sweep_reference
+from pipeline.runtimes.contained import FileJob, FileOutputs, run_contained
+from pipeline.verify.report import drift_table, write_reports
+from pipeline.verify.tokenizer_drift import drift_report
+from pipeline.verify.validation import Evidence, Where, run_errors, validate
 
 Log = Callable[[str], None]
 CHECK_ROWS = 8  # rows used to prove the export model matches the reference before lowering
 
 
-def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
-    from pipeline.stages import bundle, mediapipe
-    from pipeline.stages.executorch import executorch_stage
-    from pipeline.stages.reference import reference_stage
-    from pipeline.stages.tflite import tflite_stage
-    from pipeline.stages.trace import trace
-    from pipeline.stages.validate import validate
+@dataclass
+class BuildContext:
+    """What every stage of one target's build reads: the config, the model, the data and the stage context."""
 
+    config: PipelineConfig
+    model: LoadedModel
+    evaluation: Encoded
+    eval_texts: LabeledTexts
+    calibration: Encoded
+    calibration_source: str
+    run: Context  # cache, work folder, log, timer
+    shapes: str = "dynamic"
+
+    @property
+    def check(self) -> Encoded:
+        e = self.evaluation
+        return Encoded(e.input_ids[:CHECK_ROWS], e.attention_mask[:CHECK_ROWS], e.token_type_ids[:CHECK_ROWS], 0)
+
+    @functools.cached_property
+    def traced(self) -> Traced:
+        traced = trace(self.model, self.check, shapes=self.shapes)
+        self.run.log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {CHECK_ROWS} rows")
+        return traced
+
+
+# --- the stages: each a lower/ or verify/ call with its cache key ---------------------------------------------
+
+def reference_stage(bc: BuildContext) -> Stage[np.ndarray]:
+    e = bc.evaluation
+    return Stage("reference", [bc.model.source_sha256, e.input_ids.tolist(), e.attention_mask.tolist(),
+                               e.token_type_ids.tolist()], lambda: reference_logits(bc.model, e), ARRAY)
+
+
+def executorch_stage(bc: BuildContext, precision: str) -> Stage[list[Artifact]]:
+    """`<name>.<precision>.pte`: fp32, or int8 by the quantization recipe calibrated on the calibration rows."""
+    b, recipe = bc.config.build, bc.config.quantize
+    out = bc.run.workdir / f"{b.name}.{precision}.pte"
+    key = [asdict(recipe), bc.calibration.input_ids.tolist()[: recipe.calibration_samples]] if precision == "int8" else None
+    return Stage(f"executorch-{precision}", [bc.model.source_sha256, b.max_length, b.name, key, bc.shapes],
+                 lambda: [executorch_file(bc.model, bc.traced, precision, recipe, bc.calibration, out)], ARTIFACTS,
+                 label=f"lower {out.name}")
+
+
+def tflite_stage(bc: BuildContext, hooks: Hooks) -> Stage[list[Artifact]]:
+    """Both .tflite files as one cached stage (the converter always makes both)."""
+    b, config = bc.config.build, bc.config.tflite
+    job = TFLiteJob(bc.model, config, b.max_length, bc.calibration, bc.check, b.name, bc.shapes)
+    calibration_key = bc.calibration.input_ids.tolist() if config.quant == "static" else None
+    return Stage("litert", [bc.model.source_sha256, b.max_length, b.name, asdict(config), calibration_key,
+                            bc.check.input_ids.tolist(), bc.shapes],
+                 lambda: lower_tflite(job, bc.run.workdir, hooks), ARTIFACTS, label="lower tflite")
+
+
+def mediapipe_stage(bc: BuildContext, plain: list[Artifact]) -> Stage[list[Artifact]]:
+    """The MediaPipe-ready twins of the plain LiteRT files (cached by the plain files' hashes)."""
+    plain = [a for a in plain if a.runtime == "litert" and not a.file_name.endswith(MEDIAPIPE_SUFFIX)]
+    model = bc.model
+    return Stage("mediapipe", [[sha256_file(a.path) for a in plain], model.source_sha256, model.label_names],
+                 lambda: make_files(plain, model.model_dir, model.label_names, bc.run.workdir, bc.run.log), ARTIFACTS,
+                 label="mediapipe files")
+
+
+def outputs_stage(job: FileJob, run: Callable[[], FileOutputs]) -> Stage[tuple[np.ndarray, list[float]]]:
+    """A file's outputs on its inputs in its own runtime (cached by the file's hash and the inputs)."""
+    inputs = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in sorted(r.items())} for r in job.inputs]
+
+    def outputs() -> tuple[np.ndarray, list[float]]:
+        got = run()
+        if got.error is not None:
+            raise PipelineError(got.error, job.artifact.path)
+        return got.outputs, got.latencies
+
+    return Stage("outputs", [sha256_file(job.artifact.path), job.artifact.runtime, inputs], outputs, OUTPUTS,
+                 label=f"run {job.artifact.file_name}")
+
+
+def cached_outputs(bc: BuildContext):
+    """A `Where.run` that serves outputs from the stage cache and runs the missing files in one child process."""
+    def run(jobs: list[FileJob]) -> dict[str, FileOutputs]:
+        missing = [j for j in jobs if bc.run.cache.get("outputs", outputs_stage(j, lambda: None).key()) is None]
+        fresh = run_contained(missing) if missing else {}
+        found = {}
+        for job in jobs:
+            name = job.artifact.file_name
+            got = fresh.get(name)
+            if got is not None and got.error is not None:  # never cached: it is reported (exit 2)
+                found[name] = got
+                continue
+            outputs, latencies = run_cached(outputs_stage(job, lambda got=got: got or run_contained([job])[name]), bc.run)
+            found[name] = FileOutputs(outputs, list(latencies))
+        return found
+
+    return run
+
+
+def drift_stage(bc: BuildContext, texts: list[str]) -> Stage[dict]:
+    """The MediaPipe tokenizer's drift from the reference tokenizer (cached by tokenizer file + texts)."""
+    from pipeline.formats.mediapipe import device_tokenizer
+
+    model, max_length = bc.model, bc.config.build.max_length
+    tokenizer = device_tokenizer(model.model_dir)
+    return Stage("drift", [model.source_sha256, sha256_file(tokenizer.path), tokenizer.kind, max_length, texts],
+                 lambda: drift_report(model, max_length, texts, bc.run.log), JSON, label="tokenizer drift")
+
+
+# --- the build -----------------------------------------------------------------------------------------------
+
+def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> Path:
     b = config.build
     timer = StageTimer(log)
     out_root = Path(b.out_dir)
@@ -57,62 +169,13 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
         calibration = encode(model.tokenizer, calibration_texts.texts[: config.quantize.calibration_samples], b.max_length)
         log(f"  eval: {len(evaluation)} texts from {eval_texts.source} ({evaluation.truncated} truncated to "
             f"{b.max_length} tokens); calibration: {len(calibration)} texts from {calibration_texts.source}")
-    check = Encoded(evaluation.input_ids[:CHECK_ROWS], evaluation.attention_mask[:CHECK_ROWS],
-                    evaluation.token_type_ids[:CHECK_ROWS], 0)
     with build_lock(out_root, b.target):
         workdir = Path(tempfile.mkdtemp(dir=out_root.resolve(), prefix=f".{b.target}-work-{os.getpid()}-"))
         ctx = Context(StageCache(b.cache_dir, enabled=use_cache, log=log), workdir, log, timer)
+        bc = BuildContext(config, model, evaluation, eval_texts, calibration, calibration_texts.source, ctx,
+                          shapes_for(config, model, log))
         try:
-            reference = run_cached(reference_stage(model, evaluation), ctx)
-            if eval_texts.labels is not None:
-                log(f"  float reference accuracy {float((reference.argmax(1) == eval_texts.labels).mean()):.4f}")
-            shapes = check_shapes(b.shapes)
-            if shapes == "dynamic" and model.spec.recurrent:
-                log(f"  shapes: static [1, {b.max_length}]: the {model.spec.recurrent} front end is exported as a loop "
-                    "unrolled over max_length steps, which a dynamic length cannot trace")
-                shapes = "static"
-            traced = functools.cache(lambda: traced_logged(trace(model, check, shapes=shapes), ctx))
-            artifacts: list[Artifact] = []
-            with in_background(lambda stop, torch_done: run_cached(tflite_stage(
-                    model, config.tflite, b.max_length, workdir, calibration, check, b.name, log, stop, torch_done,
-                    shapes), ctx),
-                    enabled="litert" in b.runtimes) as tflite:
-                if "executorch" in b.runtimes:
-                    for precision in b.precisions:
-                        artifacts += run_cached(executorch_stage(model, precision, config.quantize, calibration, traced,
-                                                                 workdir, b.name, b.max_length, shapes), ctx)
-                artifacts += [a for a in tflite.result() if a.precision.split("-")[0] in b.precisions]
-            if not artifacts:
-                raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
-            with timer("validate"):
-                results = validate(artifacts, evaluation, reference, eval_texts.labels, config.thresholds, ctx, model)
-            drift = None
-            if b.mediapipe and any(a.runtime == "litert" for a in artifacts):
-                with timer("mediapipe"):
-                    texts = [clean_text(t) for t in eval_texts.texts]  # as the reference saw them
-                    twins = run_cached(mediapipe.mediapipe_stage(artifacts, model, workdir, log), ctx)
-                    results += mediapipe.validate(twins, texts, reference, eval_texts.labels, config.thresholds, log,
-                                                  outputs=lambda a: run_cached(mediapipe.outputs_stage(a, texts), ctx))
-                    drift = run_cached(mediapipe.drift_stage(model, b.max_length, texts, log), ctx)
-            for line in drift_table(results):
-                log(line)
-            failures = [f for r in results for f in r.failures]
-            if failures:
-                failed = out_root / f"{b.target}.failed"
-                write_reports(failed, results, reference, f"{model_dir.name} for {b.target} (FAILED)",
-                              {"target": b.target, "eval data": eval_texts.source}, drift=drift)
-                log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
-                raise DriftError(failures)
-            with timer("bundle"):
-                extra = {"shape_contract": ShapeContract(shapes, b.max_length).to_manifest(),
-                         "stage_seconds": timer.timings,
-                         "thresholds": {k: vars(v) for k, v in config.thresholds.per_precision.items()},
-                         "eval": {"source": eval_texts.source, "rows": len(evaluation), "truncated": evaluation.truncated},
-                         "calibration": {"source": calibration_texts.source, "rows": len(calibration)}}
-                if drift is not None:
-                    extra["tokenizer_drift"] = drift
-                final = bundle.bundle(model, b.target, b.max_length, results, evaluation, eval_texts.texts, reference,
-                                      out_root, b.golden_texts, eval_texts.source, extra, b.copy_to_apps)
+            final = build_target(bc, out_root)
         except PipelineError:
             kept = keep_rejected(workdir, out_root / f"{b.target}.failed")
             if kept:
@@ -124,9 +187,61 @@ def build(config: PipelineConfig, log: Log = print, use_cache: bool = True) -> P
     return final
 
 
-def traced_logged(traced, ctx: Context):
-    ctx.log(f"  export model vs reference: max abs {traced.reference_match:.2e} on {CHECK_ROWS} rows")
-    return traced
+def build_target(bc: BuildContext, out_root: Path) -> Path:
+    """The stages, in order, for one target; the bundled folder."""
+    b, log, ctx = bc.config.build, bc.run.log, bc.run
+    reference = run_cached(reference_stage(bc), ctx)
+    labels = bc.eval_texts.labels
+    if labels is not None:
+        log(f"  float reference accuracy {float((reference.argmax(1) == labels).mean()):.4f}")
+    artifacts: list[Artifact] = []
+    with in_background(lambda stop, torch_done: run_cached(tflite_stage(bc, Hooks(log, stop, torch_done)), ctx),
+                       enabled="litert" in b.runtimes) as tflite:
+        if "executorch" in b.runtimes:
+            for precision in b.precisions:
+                artifacts += run_cached(executorch_stage(bc, precision), ctx)
+        artifacts += [a for a in tflite.result() if a.precision.split("-")[0] in b.precisions]
+    if not artifacts:
+        raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
+    with_twins = b.mediapipe and any(a.runtime == "litert" for a in artifacts)
+    if with_twins:
+        artifacts += run_cached(mediapipe_stage(bc, artifacts), ctx)
+    texts = [clean_text(t) for t in bc.eval_texts.texts]  # as the reference saw them
+    sweep = sweep_rows(bc.model.tokenizer, b.max_length)
+    evidence = Evidence(bc.evaluation, texts, reference, labels, sweep, sweep_reference(bc.model, sweep))
+    with ctx.timer("validate"):
+        results = validate(artifacts, evidence, bc.config.thresholds, Where(run=cached_outputs(bc)), log)
+    drift = run_cached(drift_stage(bc, texts), ctx) if with_twins else None
+    broken = run_errors(results)
+    if broken is not None:
+        raise broken
+    for line in drift_table(results):
+        log(line)
+    if any(not r.passed for r in results):
+        failed = out_root / f"{b.target}.failed"
+        write_reports(failed, results, reference, f"{bc.model.model_dir.name} for {b.target} (FAILED)",
+                      {"target": b.target, "eval data": bc.eval_texts.source}, drift=drift)
+        log(f"validation failed: nothing was written to {out_root / b.target}; report in {failed}")
+        raise DriftError([f for r in results for f in r.failures])
+    with ctx.timer("bundle"):
+        extra = {"shape_contract": ShapeContract(bc.shapes, b.max_length).to_manifest(),
+                 "stage_seconds": ctx.timer.timings,
+                 "thresholds": {k: vars(v) for k, v in bc.config.thresholds.per_precision.items()},
+                 "eval": {"source": bc.eval_texts.source, "rows": len(bc.evaluation), "truncated": bc.evaluation.truncated},
+                 "calibration": {"source": bc.calibration_source, "rows": len(bc.calibration)}}
+        if drift is not None:
+            extra["tokenizer_drift"] = drift
+        return bundle(Bundle(bc.model, b.target, b.max_length, results, evidence, bc.eval_texts.texts, b.golden_texts,
+                             bc.eval_texts.source, extra), out_root, b.copy_to_apps)
+
+
+def shapes_for(config: PipelineConfig, model: LoadedModel, log: Log) -> str:
+    shapes = check_shapes(config.build.shapes)
+    if shapes == "dynamic" and model.spec.recurrent:
+        log(f"  shapes: static [1, {config.build.max_length}]: the {model.spec.recurrent} front end is exported as a "
+            "loop unrolled over max_length steps, which a dynamic length cannot trace")
+        shapes = "static"
+    return shapes
 
 
 class Background:

@@ -12,12 +12,10 @@ import time
 
 from pathlib import Path
 
-from pipeline import console as console_module
-from pipeline.config import TARGETS, check_fields, load_config
-from pipeline.errors import DriftError, PipelineError
-
-RUNTIMES = ("executorch", "litert")
-PRECISIONS = ("fp32", "int8")
+from pipeline import api
+from pipeline.core import console as console_module
+from pipeline.core.config import TARGETS, check_fields, load_config
+from pipeline.core.errors import DriftError, PipelineError
 
 
 def one_line(err: BaseException) -> str:
@@ -205,13 +203,29 @@ def _override(target: object, args: argparse.Namespace, names: list[str]) -> Non
             setattr(target, name, value)
 
 
-def run_compress(args: argparse.Namespace) -> int:
-    import torch
+def _arm64(args: argparse.Namespace) -> api.Arm64Options | None:
+    return api.Arm64Options(profile=args.arm_cpu or "i8mm", rows=args.arm_rows) if args.arm64 else None
 
-    from pipeline.model.compress import compress
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports; errors still reach stderr
-        sys.stdout = open(os.devnull, "w")
+def int_list(text: str, option: str) -> list[int]:
+    """A comma list of positive integers, e.g. `1,2`."""
+    values = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise PipelineError(f"{option} takes a comma list of positive integers, not {text!r}") from None
+        if value < 1:
+            raise PipelineError(f"{option} values must be 1 or more, not {value}")
+        values.append(value)
+    if not values:
+        raise PipelineError(f"{option} is empty")
+    return list(dict.fromkeys(values))
+
+
+def compress_options(args: argparse.Namespace) -> api.CompressOptions:
     config = load_config(args.config).compress
     _override(config, args, ["teacher_dir", "out_dir", "embedding_size", "share", "groups", "layers", "recurrent", "train_data",
                              "eval_data", "text_column", "label_column", "epochs", "keep_epoch", "teacher_epochs", "batch_size",
@@ -221,13 +235,10 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.resume:
         config.resume = True
     command = "python -m pipeline " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else "pipeline compress"
-    check_fields(config, "compress")
-    WRITES[:] = [Path(config.out_dir), Path(config.cache_dir), Path(tempfile.gettempdir())]
-    compress(config, log, command=command, store_dtype=torch.float32 if args.fp32 else torch.float16)
-    return 0
+    return api.CompressOptions(config=config, fp32=args.fp32, command=command)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def build_options(args: argparse.Namespace) -> api.BuildOptions:
     config = load_config(args.config)
     _override(config.build, args, ["model_dir", "out_dir", "max_length", "calibration_data", "eval_data", "eval_limit"])
     if args.shapes:
@@ -240,62 +251,56 @@ def run_build(args: argparse.Namespace) -> int:
         config.build.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     if args.no_copy_to_apps:
         config.build.copy_to_apps = False
-    check_fields(config.build, "build")  # options and config alike: types and ranges from config.py's fields
-    WRITES[:] = [Path(config.build.out_dir), Path(config.build.cache_dir), Path(tempfile.gettempdir())]
-    unknown = [r for r in config.build.runtimes if r not in RUNTIMES]
-    if unknown or not config.build.runtimes:
-        raise PipelineError(f"unknown runtime(s) {unknown or config.build.runtimes}; choose from {', '.join(RUNTIMES)}")
-    unknown = [p for p in config.build.precisions if p not in PRECISIONS]
-    if unknown or not config.build.precisions:
-        raise PipelineError(f"unknown precision(s) {unknown or config.build.precisions}; choose from {', '.join(PRECISIONS)}")
     targets = list(TARGETS) if args.target == "all" else [args.target]
-    for target in targets:
-        if target not in TARGETS:
-            raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
-    if args.arm64:  # fail before hours of building, not after
-        from pipeline.gate.arm64 import require_env, resolve_profile
+    return api.BuildOptions(config=config, targets=targets, use_cache=not args.no_cache, arm64=_arm64(args))
 
-        resolve_profile(args.arm_cpu)
-        require_env()
-    from pipeline.build import build  # after the cheap checks: importing torch takes seconds
 
-    to_apps = config.build.copy_to_apps
-    if args.arm64:  # the apps get the folder only once it passed on ARM too (its manifest then says so)
-        config.build.copy_to_apps = False
-    for target in targets:
-        config.build.target = target
-        final = build(config, log, use_cache=not args.no_cache)
-        if args.arm64:  # the bundled folder, through the same gate as `validate --arm64`
-            from pipeline.gate import validate_folder
-            from pipeline.stages.bundle import copy_to_app
+def validate_options(args: argparse.Namespace) -> api.ValidateOptions:
+    return api.ValidateOptions(artifacts=args.artifacts, model_dir=args.model_dir, eval_data=args.eval_data,
+                               eval_limit=args.eval_limit, calibration_data=args.calibration_data,
+                               thresholds=args.thresholds, report_dir=args.report_dir, auto_fallback=args.auto_fallback,
+                               arm64=_arm64(args))
 
-            validate_folder(argparse.Namespace(artifacts=str(final), arm64=True, arm_cpu=args.arm_cpu,
-                                               arm_rows=args.arm_rows, model_dir=config.build.model_dir,
-                                               thresholds=args.config,  # the build's own [thresholds], if any
-                                               eval_data=config.build.eval_data, eval_limit=config.build.eval_limit), log)
-            if to_apps:
-                copy_to_app(final, target)
+
+def bench_options(args: argparse.Namespace) -> api.BenchOptions:
+    sweep = str(args.lengths or "").strip().lower() != "none"
+    return api.BenchOptions(artifacts=args.artifacts, threads=int_list(args.threads, "--threads"), runs=args.runs,
+                            max_lengths=int_list(args.max_length, "--max-length"), out=args.out,
+                            compare=list(args.compare or []), rebuild_lengths=args.rebuild_lengths, static=args.static,
+                            lengths=int_list(args.lengths, "--lengths") if args.lengths and sweep else None,
+                            sweep=sweep, workload=200 if args.workload is None else args.workload, clock=args.clock)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
+    options = compress_options(args)
+    check_fields(options.config, "compress")
+    WRITES[:] = [Path(options.config.out_dir), Path(options.config.cache_dir), Path(tempfile.gettempdir())]
+    api.compress(options, log)
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    options = build_options(args)
+    check_fields(options.config.build, "build")
+    WRITES[:] = [Path(options.config.build.out_dir), Path(options.config.build.cache_dir), Path(tempfile.gettempdir())]
+    api.build(options, log)
     return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from pipeline.gate import validate_folder
-
     WRITES[:] = [Path(args.report_dir or args.artifacts), Path(tempfile.gettempdir())]
-    return validate_folder(args, log)
+    return api.validate(validate_options(args), log)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import bench
-
     WRITES[:] = [Path(args.out or args.artifacts), Path(tempfile.gettempdir())]
-    return bench(args, log)
+    return api.bench(bench_options(args), log)
 
 
 def run_arm64_setup(args: argparse.Namespace) -> int:
-    from pipeline.gate.arm64_env import provision
-
-    provision(log)
+    api.arm64_setup(log)
     return 0
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.config import CompressConfig
-from pipeline.data import DEFAULT_LABELS
-from pipeline.model.batches import Batches, _run_logits, split_dev
+from pipeline.core.config import CompressConfig
+from pipeline.core.data import DEFAULT_LABELS
+from pipeline.compress.batches import Batches, _run_logits, split_dev
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.compress import _teacher_fn, agreement_texts, load_compress_data
-from pipeline.numerics import paired_accuracy_gap, teacher_agreement
+from pipeline.compress.command import _teacher_fn, agreement_texts, load_compress_data
+from pipeline.core.metrics import paired_accuracy_gap, teacher_agreement
 
 
 def main() -> None:

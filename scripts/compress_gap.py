@@ -12,12 +12,12 @@ import json
 
 import numpy as np
 
-from pipeline.config import DEFAULT_MAX_LENGTH
-from pipeline.data import load_labeled_file, load_small_fine_foods
-from pipeline.model.batches import Batches, _run_logits
+from pipeline.core.config import DEFAULT_MAX_LENGTH
+from pipeline.core.data import load_labeled_file, load_small_fine_foods
+from pipeline.compress.batches import Batches, _run_logits
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.compress import _teacher_fn
-from pipeline.numerics import paired_accuracy_gap
+from pipeline.compress.command import _teacher_fn
+from pipeline.core.metrics import paired_accuracy_gap
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def tiny_builds(tmp_path_factory) -> dict[str, Path]:
     import os
 
     from pipeline.build import build
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
 
     root = tmp_path_factory.mktemp("build")
     base = tmp_path_factory.getbasetemp()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.tokenization import encode
+from pipeline.core.tokenization import encode
 
 TEXTS = ["I love this tea, great taste!", "bad", "", "the worst coffee ever bought " * 30, "Sweet & fresh cookies."]
 

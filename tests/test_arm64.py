@@ -50,13 +50,13 @@ def test_tiny_build_passes_on_arm64_in_both_runtimes(tiny_builds, tmp_path):
 
 def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_builds, tmp_path):
     """An int8 file shipped under the fp32 name: the ARM gate (fp32 thresholds) must reject it."""
-    from pipeline.artifact import read_manifest
-    from pipeline.config import ThresholdConfig
-    from pipeline.artifact import Artifact
+    from pipeline.core.artifact import read_manifest
+    from pipeline.core.config import ThresholdConfig
+    from pipeline.core.artifact import Artifact
     from pipeline.gate.folder import load_reference
-    from pipeline.gate.arm64 import gate_arm64
-    from pipeline.stages.reference import reference_logits
-    from pipeline.tokenization import encode
+    from pipeline.verify.arm64.emulate import gate_arm64
+    from pipeline.model.reference import reference_logits
+    from pipeline.core.tokenization import encode
 
     folder = copy_folder(tiny_builds["android"], tmp_path / "android")
     shutil.copyfile(folder / "albert.int8.tflite", folder / "albert.fp32.tflite")
@@ -95,7 +95,7 @@ def test_unknown_profile_is_exit_2(tmp_path, capsys):
 
 def test_cuda_stubs_replace_the_nvidia_wheels():
     """The provisioned environment carries generated stubs instead of ~3 GB of NVIDIA libraries."""
-    from pipeline.gate.arm64_env import find_env
+    from pipeline.verify.arm64.env import find_env
 
     env = find_env()
     stubs = sorted(p.name for p in (env.root / "cuda-stubs").iterdir())

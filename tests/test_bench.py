@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench import check_targets, parse_int_list, render_markdown
+from pipeline.bench import check_targets, render_markdown
+from pipeline.cli import int_list
 from pipeline.bench.profile import op_group
-from pipeline.errors import PipelineError
-from pipeline.provenance import find_model_dir
+from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import find_model_dir
 
 MAX_LENGTH = 32  # the shared tiny build's max_length (dynamic shapes, the default)
 WORKLOAD = 12  # eval texts of the workload figure
@@ -126,10 +127,10 @@ def test_targets_say_by_how_much_they_are_missed():
 def test_list_arguments_and_missing_folder_are_clear_errors(tmp_path):
     from pipeline.cli import main
 
-    assert parse_int_list("64, 128,128", "max-length") == [64, 128]
+    assert int_list("64, 128,128", "--max-length") == [64, 128]
     for bad in ("0", "a", ","):
         with pytest.raises(PipelineError):
-            parse_int_list(bad, "threads")
+            int_list(bad, "--threads")
     assert main(["bench", "--artifacts", str(tmp_path)]) == 2
 
 

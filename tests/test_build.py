@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import sha256_file
+from pipeline.core.data import sha256_file
 from pipeline.runtimes import open_runner
 
 # Ops allowed outside the XNNPACK delegate in the fp32 .pte, and why:

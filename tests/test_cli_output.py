@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import console as console_module
-from pipeline.console import Console, progress
+from pipeline.core import console as console_module
+from pipeline.core.console import Console, progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ NOISE = ("FutureWarning", "a library's logging line", "Failed to open midr file"
 SCRIPT = """
 import logging, os, sys, warnings
 from pathlib import Path
-from pipeline.console import Console, say
+from pipeline.core.console import Console, say
 logging.basicConfig()  # a handler made before the console starts, as at a library's import
 console = Console(verbose=sys.argv[1] == "1", command="test").start()
 warnings.warn("a library's FutureWarning", FutureWarning)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.config import CompressConfig
-from pipeline.errors import PipelineError
-from pipeline.model import compress as C
-from pipeline.model import distill
+from pipeline.core.config import CompressConfig
+from pipeline.core.errors import PipelineError
+from pipeline.compress import command as C
+from pipeline.compress import distill
 from tiny import write_review_data, write_tiny_bert
 
 
@@ -48,7 +48,7 @@ def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data,
 def _student_vs_teacher(teacher_dir, data_path, embedding_size: int, share: str = "none", groups: int = 1) -> float:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.data import load_labeled_file
+    from pipeline.core.data import load_labeled_file
 
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
     batches = C.Batches(tokenizer, load_labeled_file(data_path, ["great", "other"]), 32)
@@ -127,7 +127,7 @@ def test_factorized_student_stays_close_to_teacher(teacher_and_data):
 
 
 def test_packaged_dataset_with_wrong_hash_is_refused(monkeypatch):
-    from pipeline import data
+    from pipeline.core import data
 
     monkeypatch.setitem(data.PINNED_SHA256, "testing_data.pkl.compress", "0" * 64)
     with pytest.raises(PipelineError, match="refusing to unpickle"):
@@ -135,7 +135,7 @@ def test_packaged_dataset_with_wrong_hash_is_refused(monkeypatch):
 
 
 def test_packaged_dataset_loads_with_pinned_hash():
-    from pipeline.data import load_small_fine_foods
+    from pipeline.core.data import load_small_fine_foods
 
     test = load_small_fine_foods("test")
     assert len(test) == 1000 and sum(1 for y in test.labels if y == 0) == 658
@@ -157,7 +157,7 @@ def _weights(out) -> dict:
 
 
 def test_losses_are_zero_for_identical_states_and_augmenter_is_deterministic():
-    from pipeline.model.distill import Augmenter, attention_log_probs, attention_loss_rows, hidden_loss_rows, layer_map
+    from pipeline.compress.distill import Augmenter, attention_log_probs, attention_loss_rows, hidden_loss_rows, layer_map
 
     torch.manual_seed(0)
     hidden, mask = torch.randn(3, 7, 16), torch.ones(3, 7)
@@ -233,9 +233,9 @@ def test_resume_after_interrupted_epochs_equals_an_uninterrupted_run(teacher_and
 
 def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_path, monkeypatch):
     """train_epochs with dev accuracies 0.5, 0.9, 0.7: the weights after epoch 2 are kept, interrupted or not."""
-    from pipeline.data import LabeledTexts
-    from pipeline.model.batches import Batches
-    from pipeline.model.distill import Runtime
+    from pipeline.core.data import LabeledTexts
+    from pipeline.compress.batches import Batches
+    from pipeline.compress.distill import Runtime
 
     class Tokens:  # a text's word pieces: its characters' codes
         def __call__(self, texts, truncation, max_length):
@@ -345,7 +345,7 @@ def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, monk
 
 def test_mixed_precision_path_runs_with_cpu_bf16_autocast(teacher_and_data, monkeypatch):
     """No GPU here: the autocast path that --device cuda takes is exercised with CPU bf16 autocast instead."""
-    from pipeline.model import distill
+    from pipeline.compress import distill
 
     root, teacher, train, test = teacher_and_data
     monkeypatch.setattr(C, "make_runtime", lambda device: distill.Runtime(torch.device("cpu"), amp_dtype=torch.bfloat16))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import data
-from pipeline.config import CompressConfig
-from pipeline.errors import PipelineError
+from pipeline.core import data
+from pipeline.core.config import CompressConfig
+from pipeline.core.errors import PipelineError
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_bbc_news_split_is_stratified_and_disjoint(bbc):
 
 
 def test_packaged_names_are_data_files_for_compress(bbc):
-    from pipeline.model.compress import load_compress_data
+    from pipeline.compress.command import load_compress_data
 
     train, test = load_compress_data(CompressConfig(train_data="bbc_news:train", eval_data="bbc_news:test",
                                                     eval_limit=10), None)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.config import PipelineConfig, Thresholds
-from pipeline.data import sha256_file
+from pipeline.core.config import PipelineConfig, Thresholds
+from pipeline.core.data import sha256_file
 from tiny import write_tiny_albert
 
 MAX_LENGTH = 32

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.data import load_labeled_file
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.data import load_labeled_file
+from pipeline.core.errors import PipelineError
 
 LABELS = ["great", "other"]
 ROWS = [("good tea, would buy again", "great"), ("stale, bitter\nand late", "other"), ("fine", "1")]

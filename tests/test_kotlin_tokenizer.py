@@ -65,7 +65,7 @@ def run_kotlin(jar_and_stdlib, tokenizer_json: Path, texts: list[str], workdir: 
 
 @pytest.fixture(scope="session")
 def review_texts() -> list[str]:
-    from pipeline.data import load_small_fine_foods
+    from pipeline.core.data import load_small_fine_foods
 
     return list(load_small_fine_foods("train").texts)
 

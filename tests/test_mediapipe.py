@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 MAX_LENGTH = 24  # not 32: the tiny hidden size (S == H makes onnx2tf transpose wrongly, TOOLCHAIN.md)
 TEXTS = ["the best tea i ever bought", "Not good. Stale cookies, bitter taste!", "love this coffee, great price",
@@ -19,7 +19,7 @@ TEXTS = ["the best tea i ever bought", "Not good. Stale cookies, bitter taste!",
 
 def _build(root: Path, model_dir: Path, cache: Path) -> Path:
     from pipeline.build import build
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
     from tiny import write_review_data
 
     config = PipelineConfig()
@@ -51,7 +51,7 @@ def _reference_probabilities(model_dir: Path, texts: list[str]) -> np.ndarray:
     import torch
 
     from pipeline.runtimes.eager import load_eager
-    from pipeline.tokenization import encode, load_tokenizer
+    from pipeline.core.tokenization import encode, load_tokenizer
 
     encoded = encode(load_tokenizer(model_dir), texts, MAX_LENGTH)
     model = load_eager(model_dir, "torch-hf")
@@ -94,7 +94,7 @@ def test_build_ships_mediapipe_files_that_classify_text_like_the_float_model(bui
 
 def test_the_twin_is_deterministic(builds, tmp_path):
     """Same plain file, labels and tokenizer -> the same bytes (the gate's outputs are cached by file hash)."""
-    from pipeline.mediapipe_model import device_tokenizer, make_mediapipe_ready
+    from pipeline.formats.mediapipe import device_tokenizer, make_mediapipe_ready
 
     folder = builds["sentencepiece"]
     model_dir = folder.parent.parent / "model"
@@ -118,9 +118,9 @@ def test_plain_litert_interpreter_still_runs_the_mediapipe_file(builds):
 
 
 def test_drift_shows_known_differences_and_the_app_normalization_fixes_them(builds):
-    from pipeline.mediapipe_model import device_tokenizer
-    from pipeline.tokenization import load_tokenizer
-    from pipeline.tokenizer_drift import app_normalize, measure
+    from pipeline.formats.mediapipe import device_tokenizer
+    from pipeline.core.tokenization import load_tokenizer
+    from pipeline.verify.tokenizer_drift import app_normalize, measure
 
     model_dir = builds["wordpiece"].parent.parent / "model"
     cases = [("accents", "Café crème"), ("zero-width", "gre\u200bat tea"), ("ascii", "great tea, love it")]
@@ -136,7 +136,7 @@ def test_drift_shows_known_differences_and_the_app_normalization_fixes_them(buil
 
 def _rewrite(folder: Path, name: str, data: bytes) -> None:
     """Replace a model file and record it in the manifest, as a build that wrote it so would have."""
-    from pipeline.data import sha256_file
+    from pipeline.core.data import sha256_file
 
     (folder / name).write_bytes(data)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -148,7 +148,7 @@ def _rewrite(folder: Path, name: str, data: bytes) -> None:
 
 def test_broken_or_missing_metadata_is_refused_with_one_line(builds, tmp_path):
     from pipeline.cli import main
-    from pipeline.mediapipe_model import attach_metadata, check_metadata, metadata_buffer, rewrite_graph, DeviceTokenizer
+    from pipeline.formats.mediapipe import attach_metadata, check_metadata, metadata_buffer, rewrite_graph, DeviceTokenizer
 
     folder = builds["wordpiece"]
     plain = (folder / "albert.fp32.tflite").read_bytes()
@@ -170,7 +170,7 @@ def test_broken_or_missing_metadata_is_refused_with_one_line(builds, tmp_path):
             check_metadata(path)
         assert "\n" not in str(err.value)
     with pytest.raises(PipelineError, match="vocab.txt .*or spiece.model"):  # a build of such a checkpoint stops here
-        from pipeline.stages.mediapipe import make_files
+        from pipeline.lower.mediapipe import make_files
 
         make_files([], tmp_path, ["a", "b"], tmp_path)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_manifest_names_the_model_by_name_and_content_hash(tiny_builds):
 
 def test_validate_finds_the_model_here_by_hash_and_elsewhere_asks_for_model(tiny_builds, tmp_path, monkeypatch):
     from pipeline.model.default import DEFAULT_MODEL_DIR
-    from pipeline.provenance import INDEX_ENV, find_model_dir
+    from pipeline.core.provenance import INDEX_ENV, find_model_dir
 
     recorded = json.loads((tiny_builds["android"] / "manifest.json").read_text())["model"]
     found = find_model_dir(recorded)  # this machine: the index the build wrote
@@ -53,8 +53,8 @@ def test_validate_finds_the_model_here_by_hash_and_elsewhere_asks_for_model(tiny
 
 
 def test_data_files_are_named_by_name_and_hash_and_found_again(tmp_path, monkeypatch):
-    from pipeline.data import load_labeled_file
-    from pipeline.provenance import INDEX_ENV, find_data_file
+    from pipeline.core.data import load_labeled_file
+    from pipeline.core.provenance import INDEX_ENV, find_data_file
 
     monkeypatch.setenv(INDEX_ENV, str(tmp_path / "index.json"))
     data = tmp_path / "deep" / "eval.csv"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import PipelineConfig
+from pipeline.core.config import PipelineConfig
 from tiny import write_tiny_albert, write_review_data
 
 MAX_LENGTH = 8
@@ -50,7 +50,7 @@ def gru_model_dir(tmp_path_factory) -> Path:
 def test_gru_checkpoint_loads_with_the_gru_in_use(gru_model_dir):
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.model.recurrent import GRUFrontEnd
-    from pipeline.tokenization import encode
+    from pipeline.core.tokenization import encode
 
     model = load_checkpoint(gru_model_dir, MAX_LENGTH)
     assert model.spec.recurrent == "gru"
@@ -76,7 +76,7 @@ def test_every_export_path_sees_the_unrolled_loop(gru_model_dir, tmp_path):
 
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.model.recurrent import unrolled_recurrence
-    from pipeline.stages.tflite.onnx_passes import export_onnx
+    from pipeline.lower.tflite.onnx_passes import export_onnx
 
     model = load_checkpoint(gru_model_dir, MAX_LENGTH)
     ids = torch.randint(5, 60, (1, MAX_LENGTH))

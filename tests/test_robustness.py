@@ -126,7 +126,7 @@ def error_lines(stderr: str) -> list[str]:
 
 def snapshot(folder: Path) -> dict:
     """manifest.json's text and the sha256 of every file it lists, checked against the files on disk."""
-    from pipeline.data import sha256_file
+    from pipeline.core.data import sha256_file
 
     text = (folder / "manifest.json").read_text()
     manifest = json.loads(text)
@@ -348,7 +348,7 @@ def _dead_pid() -> int:
 def test_leftovers_of_killed_builds_are_cleared(tmp_path):
     """Under the build lock: dead builds' work folders go, a folder moved aside mid-swap comes back, live ones stay."""
     from pipeline.build import build_lock
-    from pipeline.cache import StageCache
+    from pipeline.core.cache import StageCache
 
     dead, alive = _dead_pid(), os.getppid()
     out = tmp_path / "out"
@@ -423,7 +423,7 @@ def test_unchanged_rebuild_reuses_every_stage(ws, built):
 
 
 def test_corrupted_cache_entry_is_rebuilt_not_used(ws, built):
-    from pipeline.data import sha256_file
+    from pipeline.core.data import sha256_file
 
     entries = [p for p in ws.cache.glob("executorch-*") if (p / "albert.fp32.pte").is_file()]
     assert entries, sorted(ws.cache.iterdir())
@@ -455,7 +455,7 @@ def test_corrupted_cache_entry_is_rebuilt_not_used(ws, built):
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete_file", "bad_entry_json", "no_entry_json"])
 def test_damaged_cache_entries_are_dropped(tmp_path, damage):
-    from pipeline.cache import StageCache, content_key
+    from pipeline.core.cache import StageCache, content_key
 
     messages: list[str] = []
     cache = StageCache(tmp_path / "cache", log=messages.append)

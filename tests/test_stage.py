@@ -1,13 +1,13 @@
-"""One stage shape (pipeline/stage.py): cache keys from inputs and tool versions, one runner through the cache."""
+"""One stage shape (pipeline/core/stage.py): cache keys from inputs and tool versions, one runner through the cache."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import stage as stage_module
-from pipeline.artifact import Artifact, TensorSpec
-from pipeline.cache import StageCache
-from pipeline.config import PipelineConfig, Thresholds
-from pipeline.stage import ARRAY, ARTIFACTS, Context, Stage, run_cached
+from pipeline.core import stage as stage_module
+from pipeline.core.artifact import Artifact, TensorSpec
+from pipeline.core.cache import StageCache
+from pipeline.core.config import PipelineConfig, Thresholds
+from pipeline.core.stage import ARRAY, ARTIFACTS, Context, Stage, run_cached
 
 
 def _ctx(tmp_path, log=None) -> Context:
@@ -29,7 +29,7 @@ def test_a_changed_tool_version_changes_the_key(monkeypatch):
 
 
 def test_a_changed_threshold_does_not_change_the_runtime_outputs_key(tmp_path):
-    from pipeline.stages.validate import outputs_stage
+    from pipeline.verify.validation import outputs_stage
 
     model_file = tmp_path / "m.pte"
     model_file.write_bytes(b"program")

@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import TFLiteConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import TFLiteConfig
+from pipeline.core.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.runtimes import LiteRTRunner
-from pipeline.artifact import size_limit
-from pipeline.numerics import cosine
-from pipeline.stages import tflite as stage
-from pipeline.stages.tflite import onnx_passes, patch
-from pipeline.tokenization import Encoded, encode
+from pipeline.core.artifact import size_limit
+from pipeline.core.metrics import cosine
+from pipeline.lower import tflite as stage
+from pipeline.lower.tflite import onnx_passes, patch
+from pipeline.core.tokenization import Encoded, encode
 from tiny import write_tiny_albert
 
 TEXTS = [
@@ -237,7 +237,7 @@ def test_stop_kills_the_converter_before_it_writes(tiny_albert, tmp_path):
 
 def _gather_tables(tflite: bytes) -> dict[tuple[int, ...], tuple[str, np.ndarray | None]]:
     """{table shape: (type name, float values or None)} of every GATHER's table in the file."""
-    from pipeline.tflite_flatbuffer import builtin_code, constant, litert_schema, read_model
+    from pipeline.formats.tflite_flatbuffer import builtin_code, constant, litert_schema, read_model
 
     schema = litert_schema()
     model = read_model(tflite)
@@ -255,8 +255,8 @@ def _gather_tables(tflite: bytes) -> dict[tuple[int, ...], tuple[str, np.ndarray
 def test_dynamic_int8_puts_every_table_but_the_vocabulary_back_to_float(tmp_path):
     """TFLite gives an int8 table one scale: the position table goes back to float (exactly the fp32 file's
     values), the vocabulary table stays int8, and a float file that does not match is refused, not used."""
-    from pipeline.stages.tflite.float_tables import keep_tables_float
-    from pipeline.tflite_flatbuffer import constant, litert_schema, pack_model, read_model
+    from pipeline.lower.tflite.float_tables import keep_tables_float
+    from pipeline.formats.tflite_flatbuffer import constant, litert_schema, pack_model, read_model
 
     model = _load(write_tiny_albert(tmp_path / "model", embedding_size=16, hidden_size=32), 32)
     rows = encode(model.tokenizer, TEXTS, 32)

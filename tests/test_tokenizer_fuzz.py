@@ -1,6 +1,6 @@
-"""Property tests of pipeline.tokenization.encode over arbitrary Unicode (issue 7, item 5).
+"""Property tests of pipeline.core.tokenization.encode over arbitrary Unicode (issue 7, item 5).
 
-Three real tokenizers, loaded the way the build loads them (pipeline.tokenization.load_tokenizer):
+Three real tokenizers, loaded the way the build loads them (pipeline.core.tokenization.load_tokenizer):
   - tiny-wordpiece: the tiny WordPiece vocabulary of tests/tiny.py
   - minilm-wordpiece: the default teacher's 30522-token uncased WordPiece (all-MiniLM-L6-v2)
   - albert-sentencepiece: a ~500-piece SentencePiece unigram model trained here, offline, saved as an ALBERT tokenizer
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.tokenization import encode, load_tokenizer
+from pipeline.core.tokenization import encode, load_tokenizer
 from tiny import WORDS, write_tiny_albert
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -196,7 +196,7 @@ def test_spelled_out_special_tokens_stay_in_place(tokenizers, name):
 
 
 def test_empty_batch_and_too_short_max_length(tokenizers):
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     tokenizer = tokenizers["tiny-wordpiece"]
     empty = encode(tokenizer, [], 16)

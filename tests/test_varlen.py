@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import QuantizeConfig, TFLiteConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import QuantizeConfig, TFLiteConfig
+from pipeline.core.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.runtimes import open_runner
-from pipeline.shapes import pad, sweep_lengths, trim
-from pipeline.tokenization import encode
+from pipeline.core.shapes import pad, sweep_lengths, trim
+from pipeline.core.tokenization import encode
 
 MAX = 40  # 37 (a prime) and 40 are never the example length (the first text's own length)
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -67,9 +67,9 @@ def test_sweep_and_padding_helpers():
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_dynamic_pte_runs_any_length_and_refuses_longer(model, rows, tmp_path, precision):
-    from pipeline.stages.executorch import lower_executorch
-    from pipeline.stages.quantize import quantize
-    from pipeline.stages.trace import trace
+    from pipeline.lower.executorch import lower_executorch
+    from pipeline.lower.quantize import quantize
+    from pipeline.lower.trace import trace
 
     traced = trace(model, rows, shapes="dynamic")
     example_length = traced.example_inputs[0].shape[1]
@@ -102,8 +102,8 @@ def test_dynamic_pte_runs_any_length_and_refuses_longer(model, rows, tmp_path, p
 
 
 def test_static_pte_pads_shorter_inputs_and_refuses_longer(model, rows, tmp_path):
-    from pipeline.stages.executorch import lower_executorch
-    from pipeline.stages.trace import trace
+    from pipeline.lower.executorch import lower_executorch
+    from pipeline.lower.trace import trace
 
     traced = trace(model, rows, shapes="static")
     artifact = lower_executorch(traced.exported, tmp_path / "s.pte", "fp32", NAMES, 2)
@@ -117,7 +117,7 @@ def test_static_pte_pads_shorter_inputs_and_refuses_longer(model, rows, tmp_path
 def test_dynamic_tflite_runs_any_length_and_refuses_longer(model, rows, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from pipeline.stages import tflite as stage
+    from pipeline.lower import tflite as stage
 
     artifacts = stage.lower_tflite(model, TFLiteConfig(), MAX, tmp_path / "out", calibration=rows, check=rows,
                                    log=lambda _: None, shapes="dynamic")

@@ -34,10 +34,11 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.artifact import read_manifest
+from pipeline.core.artifact import read_manifest
 from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candidates, compared_candidates,
                                        eager_candidates, encode_rows, export_input_names, ort_candidates,
                                        rebuild_for_length, static_length)
@@ -46,73 +47,74 @@ from pipeline.bench.lengths import (CLOCKS, MEMORY_SHORT, length_candidates, sha
 from pipeline.bench.render import machine_info, plot, render_markdown, summary_lines
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
-from pipeline.errors import PipelineError
-from pipeline.provenance import find_model_dir
+from pipeline.core.config import PipelineConfig, check_fields
+from pipeline.core.errors import PipelineError
+from pipeline.core.options import BenchOptions
+from pipeline.core.provenance import find_model_dir
 
 Log = Callable[[str], None]
+Rebuild = Callable[[PipelineConfig, Log], Path]  # a build of a config (pipeline.api passes pipeline.build.build)
 
 
-def parse_int_list(text: str | int | None, what: str) -> list[int]:
-    if text is None:
-        return []
-    if isinstance(text, int):
-        return [text]
-    values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise PipelineError(f"--{what} takes a comma list of positive integers, not {text!r}") from None
-        if value < 1:
-            raise PipelineError(f"--{what} values must be 1 or more, not {value}")
-        values.append(value)
-    if not values:
-        raise PipelineError(f"--{what} is empty")
-    return list(dict.fromkeys(values))
-
-
-def command_line(args) -> str:
-    parts = ["python -m pipeline bench", f"--artifacts {args.artifacts}", f"--threads {args.threads}",
-             f"--runs {args.runs}", f"--max-length {args.max_length}"]
-    if getattr(args, "out", None):
-        parts.append(f"--out {args.out}")
-    if getattr(args, "rebuild_lengths", False):
+def command_line(o: BenchOptions) -> str:
+    parts = ["python -m pipeline bench", f"--artifacts {o.artifacts}", f"--threads {','.join(map(str, o.threads))}",
+             f"--runs {o.runs}", f"--max-length {','.join(map(str, o.max_lengths))}"]
+    if o.out:
+        parts.append(f"--out {o.out}")
+    if o.rebuild_lengths:
         parts.append("--rebuild-lengths")
-    for other in getattr(args, "compare", None) or []:
+    for other in o.compare:
         parts.append(f"--compare {other}")
-    if getattr(args, "static", None):
-        parts.append(f"--static {args.static}")
-    if getattr(args, "lengths", None):
-        parts.append(f"--lengths {args.lengths}")
-    if getattr(args, "workload", None) is not None:
-        parts.append(f"--workload {args.workload}")
-    if getattr(args, "clock", None) and args.clock != "wall":
-        parts.append(f"--clock {args.clock}")
+    if o.static:
+        parts.append(f"--static {o.static}")
+    if not o.sweep:
+        parts.append("--lengths none")
+    elif o.lengths:
+        parts.append(f"--lengths {','.join(map(str, o.lengths))}")
+    if o.workload != 200:
+        parts.append(f"--workload {o.workload}")
+    if o.clock != "wall":
+        parts.append(f"--clock {o.clock}")
     return " ".join(parts)
 
 
-def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads: list[int], runs: int, warmup: int,
-                 inputs: Path, source: Path, static: tuple[Path, dict] | None, compare: dict[Path, dict],
-                 scratch: Path, log: Log, notes: list[str], known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
+@dataclass
+class BenchRun:
+    """What every part of one bench run reads."""
+
+    options: BenchOptions
+    folder: Path
+    manifest: dict
+    model: object  # LoadedModel
+    source: Path  # the checkpoint folder
+    params: int
+    warmup: int
+    scratch: Path
+    static: tuple[Path, dict] | None
+    compare: dict[Path, dict]
+    notes: list[str]
+    log: Log
+
+
+def length_sweep(run: BenchRun, inputs: Path, known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
     """Latency against length, the workload figure and peak memory per file (pipeline/bench/lengths.py)."""
-    from pipeline.data import load_small_fine_foods
+    from pipeline.core.data import load_small_fine_foods
+
+    o, folder, manifest, model, params = run.options, run.folder, run.manifest, run.model, run.params
+    threads, runs, warmup, source, static, compare = o.threads, o.runs, run.warmup, run.source, run.static, run.compare
+    scratch, log, notes = run.scratch, run.log, run.notes
 
     candidates = length_candidates(folder, manifest, params, static, compare)
     if static and static[1]["model"].get("source_sha256") != manifest["model"].get("source_sha256"):
         notes.append(f"--static {static[0]} was built from another checkpoint than {folder}: its ratios compare models too")
-    extra = parse_int_list(getattr(args, "lengths", None), "lengths")
+    extra = list(o.lengths or [])
     maxima = sorted({c["max_length"] for c in candidates})
     lengths = sweep_lengths(maxima, extra)
-    count = 200 if getattr(args, "workload", None) is None else int(args.workload)
-    if count < 0:
-        raise PipelineError(f"--workload must be 0 or more, not {count}")
+    count = o.workload
     texts = load_small_fine_foods("test").texts[:count] if count else []
     workload = write_workload(model, texts, set(maxima), scratch) if texts else {}
     vocab, cls_id, sep_id = model_token_ids(model)
-    clock = getattr(args, "clock", None) or "wall"
+    clock = o.clock
     try:
         load = [round(x, 2) for x in __import__("os").getloadavg()]
     except OSError:
@@ -153,25 +155,25 @@ def length_sweep(args, folder: Path, manifest: dict, model, params: int, threads
     return section, length_targets(rows, threads) + max_length_checks(rows, threads)
 
 
-def bench(args, log: Log = print) -> int:
+def bench(options: BenchOptions, log: Log = print, rebuild_with: Rebuild | None = None) -> int:
+    """`rebuild_with` rebuilds the folder's artifacts at another length (api.bench passes the build)."""
     from pipeline.model.checkpoint import load_checkpoint
 
-    folder = Path(args.artifacts)
+    check_fields(options, "bench")
+    folder = Path(options.artifacts)
     manifest = read_manifest(folder)
-    threads = parse_int_list(args.threads, "threads")
-    lengths = parse_int_list(args.max_length, "max-length")
-    runs = int(args.runs)
-    if runs < 1:
-        raise PipelineError(f"--runs must be 1 or more, not {runs}")
-    out_dir = Path(args.out) if getattr(args, "out", None) else folder
+    threads, lengths, runs = list(dict.fromkeys(options.threads)), list(dict.fromkeys(options.max_lengths)), options.runs
+    if not threads or not lengths:
+        raise PipelineError("--threads and --max-length need at least one value")
+    out_dir = Path(options.out) if options.out else folder
     out_dir.mkdir(parents=True, exist_ok=True)
-    rebuild = bool(getattr(args, "rebuild_lengths", False))
+    rebuild = options.rebuild_lengths
+    if rebuild and rebuild_with is None:
+        raise PipelineError("rebuild_lengths needs a build to rebuild with (pipeline.api.bench passes it)")
     # read before anything runs: a bad folder is a clear error, not a failure halfway through
-    compare = {Path(c): read_manifest(Path(c)) for c in (getattr(args, "compare", None) or [])}
-    static = (Path(args.static), read_manifest(Path(args.static))) if getattr(args, "static", None) else None
-    if getattr(args, "clock", None) not in (None, *CLOCKS):
-        raise PipelineError(f"--clock must be one of {list(CLOCKS)}, not {args.clock!r}")
-    sweep = str(getattr(args, "lengths", None) or "").strip().lower() != "none"
+    compare = {Path(c): read_manifest(Path(c)) for c in options.compare}
+    static = (Path(options.static), read_manifest(Path(options.static))) if options.static else None
+    sweep = options.sweep
     own_length = static_length(manifest)
     source = find_model_dir(manifest["model"])
     started = time.perf_counter()
@@ -203,8 +205,8 @@ def bench(args, log: Log = print) -> int:
                 length_sources[length] = f"bundled artifacts of {folder}"
             elif rebuild:
                 log(f"[bench] seq {length}: rebuilding the artifacts at this length (stage cache on)")
-                rebuilt = rebuild_for_length(manifest, length, scratch / f"rebuild{length}",
-                                             getattr(args, "cache_dir", None), log)
+                rebuilt = rebuild_for_length(manifest, length, scratch / f"rebuild{length}", options.cache_dir,
+                                             lambda config: rebuild_with(config, lambda m: log(f"  [rebuild seq {length}] {m}")))
                 candidates += [{**c, "origin": f"rebuilt at seq {length}"}
                                for c in artifact_candidates(rebuilt, read_manifest(rebuilt), params)]
                 length_sources[length] = f"artifacts rebuilt at seq {length} with default build settings"
@@ -255,10 +257,9 @@ def bench(args, log: Log = print) -> int:
                                     "memory_method": memory["method"], "memory_threads": mem_threads})
         if sweep:
             inputs = encode_rows(model, own_length, scratch / "inputs-lengths.npz")
-            length_section, length_checks = length_sweep(args, folder, manifest, model, params, threads, runs, warmup,
-                                                         inputs, source, static, compare, scratch, log, notes,
-                                                         {r["name"]: r.get("peak_rss_delta_mb") for r in rows
-                                                          if r["seq"] == own_length and r["origin"] == "artifact"})
+            run = BenchRun(options, folder, manifest, model, source, params, warmup, scratch, static, compare, notes, log)
+            length_section, length_checks = length_sweep(run, inputs, {r["name"]: r.get("peak_rss_delta_mb") for r in rows
+                                                                       if r["seq"] == own_length and r["origin"] == "artifact"})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -275,7 +276,7 @@ def bench(args, log: Log = print) -> int:
                      f"so they were checked at seq {target_length}")
     targets = check_targets(rows, target_length, threads, params) + length_checks
     result = {
-        "command": command_line(args),
+        "command": command_line(options),
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "seconds": round(time.perf_counter() - started, 1),
         "artifacts": str(folder),
@@ -309,4 +310,4 @@ def bench(args, log: Log = print) -> int:
 
 
 
-__all__ = ["bench", "check_targets", "parse_int_list", "render_markdown", "INPUT_NAMES", "ort_candidates"]
+__all__ = ["bench", "check_targets", "render_markdown", "INPUT_NAMES", "ort_candidates"]

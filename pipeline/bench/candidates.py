@@ -3,11 +3,13 @@ checkpoint, ONNX Runtime fp32 and dynamic int8 of the export model; the encoded 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.provenance import find_model_dir
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import find_model_dir
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 BENCH_TEXTS = 16  # real reviews cycled through as inputs
@@ -132,8 +134,8 @@ def eager_candidates(model, source: Path, params: int) -> list[dict]:
 
 
 def encode_rows(model, length: int, path: Path) -> Path:
-    from pipeline.data import load_small_fine_foods
-    from pipeline.tokenization import encode
+    from pipeline.core.data import load_small_fine_foods
+    from pipeline.core.tokenization import encode
 
     try:
         texts = load_small_fine_foods("test").texts[:BENCH_TEXTS]
@@ -145,11 +147,9 @@ def encode_rows(model, length: int, path: Path) -> Path:
     return path
 
 
-def rebuild_for_length(manifest: dict, length: int, out_root: Path, cache_dir: str | None, log: Log) -> Path:
+def rebuild_for_length(manifest: dict, length: int, out_root: Path, cache_dir: str | None,
+                       build: Callable[[PipelineConfig], Path]) -> Path:
     """The folder's artifacts rebuilt at another static length (default build settings, stage cache on)."""
-    from pipeline.build import build
-    from pipeline.config import PipelineConfig
-
     config = PipelineConfig()
     b = config.build
     b.model_dir = str(find_model_dir(manifest["model"]))
@@ -162,6 +162,6 @@ def rebuild_for_length(manifest: dict, length: int, out_root: Path, cache_dir: s
     b.copy_to_apps = False
     if cache_dir:
         b.cache_dir = cache_dir
-    return build(config, lambda m: log(f"  [rebuild seq {length}] {m}"))
+    return build(config)
 
 

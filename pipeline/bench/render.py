@@ -23,7 +23,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from pipeline.stage import tool_versions
+    from pipeline.core.stage import tool_versions
 
     info["versions"] = {k: v for k, v in tool_versions().items()
                         if k in ("torch", "executorch", "ai-edge-litert", "onnxruntime", "transformers", "numpy")}

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from pipeline.bench.candidates import INPUT_NAMES
-from pipeline.console import attach_from_env, child_progress, progress
-from pipeline.errors import PipelineError
+from pipeline.core.console import attach_from_env, child_progress, progress
+from pipeline.core.errors import PipelineError
 
 Log = Callable[[str], None]
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ median latency before/after on the eval rows) is recorded in the artifact's mani
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import os
 import shutil
 import tempfile
@@ -25,14 +25,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.artifact import Artifact
-from pipeline.config import QuantizeConfig, ThresholdConfig
-from pipeline.data import LabeledTexts, sha256_file
+from pipeline.core.artifact import Artifact
+from pipeline.core.config import QuantizeConfig, ThresholdConfig
+from pipeline.core.data import LabeledTexts, sha256_file
+from pipeline.core.metrics import Metrics, check_thresholds, compare
+from pipeline.core.shapes import is_dynamic
+from pipeline.core.tokenization import Encoded, encode
 from pipeline.gate.localize import Localization, eager_logits, recipe_from_details
-from pipeline.stages.quantize import calibrate_and_convert
-from pipeline.numerics import ArtifactResult, Metrics, check_thresholds, compare, evaluate
-from pipeline.shapes import is_dynamic
-from pipeline.tokenization import Encoded, encode
+from pipeline.lower.executorch import executorch_file
+from pipeline.lower.quantize import calibrate_and_convert
+from pipeline.lower.trace import trace
+from pipeline.bundle import replace_folder
+from pipeline.verify.report import result_dict
+from pipeline.verify.validation import ArtifactResult, Evidence, evaluate
 
 Log = Callable[[str], None]
 WORD_EMBEDDING = "albert.embeddings.word_embeddings"
@@ -71,19 +76,33 @@ def _summary(metrics: Metrics, failures: list[str]) -> dict:
             "accuracy_delta": metrics.accuracy_delta, "passed": not failures, "failures": failures}
 
 
-class Search:
-    def __init__(self, model, result: ArtifactResult, recipe: QuantizeConfig, calibration: Encoded, encoded: Encoded,
-                 reference: np.ndarray, labels, thresholds: ThresholdConfig, workdir: Path, log: Log):
-        from pipeline.stages.trace import trace
+@dataclass
+class Fallback:
+    """What the fallback works from: the folder and its manifest, the float reference, the eval evidence, the
+    calibration texts of the build and the thresholds."""
 
-        self.model, self.result, self.recipe = model, result, recipe
-        self.calibration, self.encoded, self.reference, self.labels = calibration, encoded, reference, labels
+    folder: Path
+    manifest: dict
+    model: object  # LoadedModel
+    evidence: Evidence
+    calibration: LabeledTexts
+    thresholds: ThresholdConfig
+    thresholds_source: str = "defaults"
+
+
+class Search:
+    def __init__(self, fb: Fallback, result: ArtifactResult, recipe: QuantizeConfig, calibration: Encoded,
+                 workdir: Path, log: Log):
+        self.model, self.result, self.recipe = fb.model, result, recipe
+        encoded = fb.evidence.encoded
+        self.calibration, self.evidence = calibration, fb.evidence
+        self.encoded, self.reference, self.labels = encoded, fb.evidence.reference, fb.evidence.labels
         self.limits = result.thresholds
         self.workdir, self.log = workdir, log
         self.input_names = [t.name for t in result.artifact.inputs]
         check = Encoded(encoded.input_ids[:8], encoded.attention_mask[:8], encoded.token_type_ids[:8], 0)
         dynamic = is_dynamic(result.artifact)  # keep the file's shape contract
-        self.traced = trace(model, check, use_token_type_ids="token_type_ids" in self.input_names,
+        self.traced = trace(self.model, check, use_token_type_ids="token_type_ids" in self.input_names,
                             shapes="dynamic" if dynamic else "static")
         self.trials: list[dict] = []
         self.lowerings = 0
@@ -108,20 +127,15 @@ class Search:
         return not failures
 
     def lower(self, keep: list[str]) -> ArtifactResult:
-        from pipeline.stages.executorch import executorch_stage
-
         recipe = _recipe_with(self.recipe, keep)
         name = self.result.artifact.file_name
-        stem = name.removesuffix(".pte").rsplit(".", 1)[0]  # albert.int8.pte -> albert
-        stage = executorch_stage(self.model, "int8", recipe, self.calibration, lambda: self.traced,
-                                 self.workdir / f"{len(keep)}", stem, self.traced.max_length,
-                                 "dynamic" if self.traced.dynamic else "static")
-        artifact = stage.run()[0]
+        out = self.workdir / f"{len(keep)}" / name
+        artifact = executorch_file(self.model, self.traced, "int8", recipe, self.calibration, out)
         artifact.precision = self.result.artifact.precision
         if not recipe.quantize_embedding:
             artifact.details["quantization"]["kept_float"].append(WORD_EMBEDDING)
         self.lowerings += 1
-        result = evaluate(artifact, self.encoded, self.reference, self.labels, self.limits)
+        result = evaluate(artifact, self.evidence, ThresholdConfig(per_artifact={artifact.file_name: self.limits}))
         metrics, failures = result.metrics, result.failures
         self.trials.append({"kept_float": list(keep), "where": "ExecuTorch runtime", **_summary(metrics, failures)})
         self.log(f"    float {keep}: .pte in the runtime {'PASS' if not failures else 'FAIL'} "
@@ -149,15 +163,14 @@ class Search:
         return None, []
 
 
-def fallback_artifact(model, result: ArtifactResult, localization: Localization, calibration: LabeledTexts,
-                      encoded: Encoded, labels, reference: np.ndarray, thresholds: ThresholdConfig, workdir: Path,
+def fallback_artifact(fb: Fallback, result: ArtifactResult, localization: Localization, workdir: Path,
                       log: Log) -> ArtifactResult | None:
     recipe = recipe_from_details(result.artifact.details)
-    max_length = encoded.input_ids.shape[1]
-    cal = encode(model.tokenizer, calibration.texts[: recipe.calibration_samples], max_length)
+    max_length = fb.evidence.encoded.input_ids.shape[1]
+    cal = encode(fb.model.tokenizer, fb.calibration.texts[: recipe.calibration_samples], max_length)
     ranked = candidates(localization, recipe)
     log(f"  auto-fallback {result.artifact.file_name}: candidates by local int8 error: {ranked}")
-    search = Search(model, result, recipe, cal, encoded, reference, labels, thresholds, workdir, log)
+    search = Search(fb, result, recipe, cal, workdir, log)
     found, kept = search.run(ranked)
     if found is None:
         log(f"  auto-fallback {result.artifact.file_name}: no mixed-precision variant passes")
@@ -197,8 +210,6 @@ def _golden_update(path: Path, artifact: Artifact, limits) -> None:
 
 def rewrite_folder(folder: Path, manifest: dict, replaced: list[ArtifactResult], thresholds_used: dict) -> None:
     """Copy the folder, put the new files, golden.json and manifest.json in the copy, then swap it in."""
-    from pipeline.report import result_dict
-    from pipeline.stages.bundle import replace_folder
 
     staged = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-fallback-"))
     try:
@@ -230,11 +241,10 @@ def rewrite_folder(folder: Path, manifest: dict, replaced: list[ArtifactResult],
         raise
 
 
-def fallback_folder(folder: Path, manifest: dict, model, results: list[ArtifactResult],
-                    localizations: dict[str, Localization], encoded: Encoded, texts: LabeledTexts,
-                    reference: np.ndarray, calibration: LabeledTexts, thresholds: ThresholdConfig,
-                    log: Log, thresholds_source: str = "defaults") -> list[ArtifactResult]:
+def fallback_folder(fb: Fallback, results: list[ArtifactResult], localizations: dict[str, Localization],
+                    log: Log) -> list[ArtifactResult]:
     """Results with every fixable failing int8 artifact replaced by its passing mixed-precision variant."""
+    folder, manifest = fb.folder, fb.manifest
     out = list(results)
     replaced = []
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-fallback-"))
@@ -248,8 +258,7 @@ def fallback_folder(folder: Path, manifest: dict, model, results: list[ArtifactR
                     "with a localization are)")
                 continue
             try:
-                found = fallback_artifact(model, result, localizations[name], calibration, encoded, texts.labels,
-                                          reference, thresholds, workdir, log)
+                found = fallback_artifact(fb, result, localizations[name], workdir, log)
             except Exception as err:  # the drift stays reported (exit 1); the folder is left as it was
                 log(f"  auto-fallback of {name} failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})")
                 result.artifact.details["fallback_attempt"] = {"result": f"failed: {type(err).__name__}: {err}"[:500]}
@@ -258,7 +267,7 @@ def fallback_folder(folder: Path, manifest: dict, model, results: list[ArtifactR
                 out[index] = found
                 replaced.append(found)
         if replaced:
-            used = {"source": thresholds_source, "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in out}}
+            used = {"source": fb.thresholds_source, "per_artifact": {r.artifact.file_name: vars(r.thresholds) for r in out}}
             rewrite_folder(folder, manifest, replaced, used)
             for result in replaced:  # point at the file now in the folder
                 result.artifact.path = folder / result.artifact.file_name

@@ -43,16 +43,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import QuantizeConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import QuantizeConfig
+from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import cosine, max_abs_error, top1_agreement
 from pipeline.model.albert import AlbertAttention, AlbertEmbeddings, AlbertLayer, ExportAlbert
-from pipeline.stages.quantize import calibrate_and_convert
-from pipeline.tokenization import Encoded
+from pipeline.lower.quantize import calibrate_and_convert
+from pipeline.core.tokenization import Encoded
 
 START_FRACTION = 0.5  # the error "starts" at the first call whose local error reaches this share of the largest
 LEAF_TYPES = (nn.Linear, nn.Embedding)
 BLOCK_TYPES = (AlbertEmbeddings, AlbertAttention, AlbertLayer)
 PREFIX = "model."  # the probe wraps the export model as `model`
+ROWS = 32  # eval rows the int8 and float models are compared on, module by module
 
 
 def recipe_from_details(details: dict) -> QuantizeConfig:
@@ -195,11 +197,6 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm((a - b).double()) / max(float(torch.linalg.vector_norm(b.double())), 1e-30))
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().ravel(), b.double().ravel()
-    return float(a @ b / max(float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)), 1e-30))
-
-
 @dataclass
 class Localization:
     profile: list[dict]  # per module call, execution order: label, module, kind, call, relative_error, cosine, local_error
@@ -240,12 +237,13 @@ class Localization:
         return "\n".join(lines).rstrip() + "\n"
 
 
-def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], input_names: list[str], recipe: QuantizeConfig,
-             calibration: Encoded, evaluation: Encoded, artifact_logits: np.ndarray | None = None,
-             rows: int = 32) -> Localization:
-    """Layer-by-layer comparison of the reproduced int8 model and the float model on `rows` eval rows."""
+def localize(model: ExportAlbert, input_names: list[str], recipe: QuantizeConfig, calibration: Encoded,
+             evaluation: Encoded, artifact_logits: np.ndarray | None = None) -> Localization:
+    """Layer-by-layer comparison of the reproduced int8 model and the float model on the first ROWS eval rows."""
     if len(evaluation) == 0:
         raise PipelineError("the eval set is empty: nothing to localize on")
+    rows = ROWS
+    example_inputs = tuple(torch.from_numpy(np.ascontiguousarray(evaluation.row(0)[n])) for n in input_names)
     probe, exported = export_probe(model, example_inputs, input_names)
     taps = probe.taps
     _forget(probe)
@@ -300,9 +298,9 @@ def localize(model: ExportAlbert, example_inputs: tuple[torch.Tensor, ...], inpu
     if artifact_logits is not None:
         mine, theirs = quant_logits, np.asarray(artifact_logits[:count], dtype=np.float32)
         reproduction.update({
-            "max_abs_difference": float(np.abs(mine - theirs).max()),
-            "cosine": _cosine(torch.from_numpy(mine), torch.from_numpy(theirs)),
-            "top1_agreement": float((mine.argmax(-1) == theirs.argmax(-1)).mean()),
+            "max_abs_difference": max_abs_error(mine, theirs),
+            "cosine": cosine(mine, theirs),
+            "top1_agreement": top1_agreement(mine, theirs),
         })
         # faithful: the reproduction is much closer to the artifact than the artifact is to the float model
         reference = eager_logits(float_probe, evaluation.__class__(evaluation.input_ids[:count], evaluation.attention_mask[:count],

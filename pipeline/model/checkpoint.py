@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.provenance import remember
+from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import remember
 from pipeline.model.albert import AlbertSpec, ExportAlbert, check_spec, export_model_from_state
-from pipeline.tokenization import load_tokenizer
+from pipeline.core.tokenization import load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -9,7 +9,7 @@
 
 Runner modules import their runtime lazily (in the constructor), so importing this package is cheap.
 """
-from pipeline.runtimes.base import INPUT_NAMES, RUNNERS, Runner, canonical_input_name, open_runner, register
+from pipeline.runtimes.base import INPUT_NAMES, RUNNERS, Runner, canonical_input_name, open_runner, register, run_rows
 from pipeline.runtimes import eager, executorch, litert, mediapipe, onnxruntime  # noqa: F401,E402  (register themselves)
 from pipeline.runtimes.executorch import ExecuTorchRunner  # noqa: E402
 from pipeline.runtimes.litert import LiteRTRunner  # noqa: E402
@@ -23,5 +23,5 @@ def set_threads(kinds: set[str], num_threads: int) -> None:
         eager.set_threads(num_threads)
 
 
-__all__ = ["INPUT_NAMES", "RUNNERS", "Runner", "canonical_input_name", "open_runner", "register", "set_threads",
+__all__ = ["INPUT_NAMES", "RUNNERS", "Runner", "canonical_input_name", "open_runner", "register", "run_rows", "set_threads",
            "ExecuTorchRunner", "LiteRTRunner"]

