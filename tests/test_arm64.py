@@ -3,7 +3,6 @@ user-mode emulation (no mock). The environment comes from `python -m pipeline ar
 when it is missing these tests FAIL with the provisioning command in the message; they never skip."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -19,12 +18,11 @@ def copy_folder(src: Path, dst: Path) -> Path:
 
 
 def test_tiny_build_passes_on_arm64_in_both_runtimes(tiny_builds, tmp_path):
-    from pipeline.gate import validate_folder
+    from pipeline import api
 
     folder = copy_folder(tiny_builds["android"], tmp_path / "android")
     lines: list[str] = []
-    assert validate_folder(argparse.Namespace(artifacts=str(folder), arm64=True, arm_cpu="i8mm", arm_rows=ROWS),
-                           lines.append) == 0
+    assert api.validate(api.ValidateOptions(artifacts=folder, arm64=api.Arm64Options("i8mm", ROWS)), lines.append) == 0
     report = json.loads((folder / "report.json").read_text())
     run = report["arm64"]["i8mm"]
     assert run["passed"] and run["rows"] == ROWS and run["qemu_cpu"] == "max,sme=off"
@@ -54,7 +52,9 @@ def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_b
     from pipeline.core.config import ThresholdConfig
     from pipeline.core.artifact import Artifact
     from pipeline.gate.folder import load_reference
-    from pipeline.verify.arm64.emulate import gate_arm64
+    from pipeline.core.config import Thresholds
+    from pipeline.verify.arm64.emulate import ArmRun, gate_arm64
+    from pipeline.verify.validation import ArtifactResult, Evidence
     from pipeline.model.reference import reference_logits
     from pipeline.core.tokenization import encode
 
@@ -64,10 +64,11 @@ def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_b
     entry = next(e for e in manifest["files"] if e["path"] == "albert.fp32.tflite")
     artifact = Artifact.from_dict(folder, entry)
     model = load_reference(manifest, None)
-    encoded = encode(model.tokenizer, ["a short review", "great food, would buy again", "not good"],
-                     int(manifest["model"]["max_length"]))
-    reference = reference_logits(model, encoded)
-    run = gate_arm64([artifact], encoded, reference, None, {}, ThresholdConfig(), "cortex-a76", ROWS, print)
+    texts = ["a short review", "great food, would buy again", "not good"]
+    encoded = encode(model.tokenizer, texts, int(manifest["model"]["max_length"]))
+    evidence = Evidence(encoded, texts, reference_logits(model, encoded))
+    run = gate_arm64([ArtifactResult(artifact, None, Thresholds())], evidence, ThresholdConfig(),
+                     ArmRun("cortex-a76", ROWS), print)
     assert not run.passed
     assert any(f.startswith("albert.fp32.tflite [arm64 cortex-a76]: max_abs_error") for f in run.failures), run.failures
     assert run.results[0].metrics.max_abs_error > 1e-3  # fp32 limit

@@ -29,7 +29,8 @@ def test_a_changed_tool_version_changes_the_key(monkeypatch):
 
 
 def test_a_changed_threshold_does_not_change_the_runtime_outputs_key(tmp_path):
-    from pipeline.verify.validation import outputs_stage
+    from pipeline.build import outputs_stage
+    from pipeline.runtimes.contained import FileJob
 
     model_file = tmp_path / "m.pte"
     model_file.write_bytes(b"program")
@@ -37,11 +38,11 @@ def test_a_changed_threshold_does_not_change_the_runtime_outputs_key(tmp_path):
     ids = np.ones((1, 4), dtype=np.int64)
     rows = [{"input_ids": ids, "attention_mask": ids, "token_type_ids": ids * 0}]
     config = PipelineConfig()
-    key = outputs_stage(artifact, rows).key()
+    key = outputs_stage(FileJob(artifact, rows), lambda: None).key()
     config.thresholds.per_precision["int8"] = Thresholds(max_abs_error=9.0)
-    assert outputs_stage(artifact, rows).key() == key  # thresholds are no input of any cached stage
+    assert outputs_stage(FileJob(artifact, rows), lambda: None).key() == key  # thresholds are no input of any cached stage
     model_file.write_bytes(b"another program")
-    assert outputs_stage(artifact, rows).key() != key
+    assert outputs_stage(FileJob(artifact, rows), lambda: None).key() != key
 
 
 def test_run_cached_runs_once_then_restores_from_the_cache(tmp_path):

@@ -53,10 +53,9 @@ def _load(path, max_length):
 def _lower(tmp_path, model, max_length, quant="dynamic", use_token_type_ids=True):
     rows = encode(model.tokenizer, TEXTS, max_length)
     workdir = tmp_path / "out"
-    artifacts = stage.lower_tflite(
-        model, TFLiteConfig(converter="onnx2tf", quant=quant), max_length, workdir,
-        calibration=rows, check=rows, use_token_type_ids=use_token_type_ids, log=lambda _: None,
-    )
+    job = stage.TFLiteJob(model, TFLiteConfig(converter="onnx2tf", quant=quant), max_length, rows, rows,
+                          use_token_type_ids=use_token_type_ids)
+    artifacts = stage.lower_tflite(job, workdir, stage.Hooks(log=lambda _: None))
     return artifacts, rows, workdir
 
 
@@ -169,17 +168,17 @@ def test_bad_config_and_inputs(tiny_albert, tmp_path):
     model = load_checkpoint(tiny_albert, 16)
     rows = encode(model.tokenizer, TEXTS[:2], 16)
     with pytest.raises(PipelineError, match="unknown TFLite converter"):
-        stage.lower_tflite(model, TFLiteConfig(converter="tflite-magic"), 16, tmp_path, rows, rows)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(converter="tflite-magic"), 16, rows, rows), tmp_path)
     with pytest.raises(PipelineError, match="unknown TFLite quantization"):
-        stage.lower_tflite(model, TFLiteConfig(quant="float8"), 16, tmp_path, rows, rows)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(quant="float8"), 16, rows, rows), tmp_path)
     with pytest.raises(PipelineError, match=r"unknown \[tflite\] int8_tables 'some'"):
-        stage.lower_tflite(model, TFLiteConfig(int8_tables="some"), 16, tmp_path, rows, rows)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(int8_tables="some"), 16, rows, rows), tmp_path)
     nothing = np.zeros((0, 16), dtype=np.int64)
     empty = Encoded(nothing, nothing, nothing, 0)
     with pytest.raises(PipelineError, match="no check rows"):
-        stage.lower_tflite(model, TFLiteConfig(), 16, tmp_path, rows, empty)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(), 16, rows, empty), tmp_path)
     with pytest.raises(PipelineError, match="expected max_length 32"):
-        stage.lower_tflite(model, TFLiteConfig(), 32, tmp_path, rows, rows)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(), 32, rows, rows), tmp_path)
 
 
 def test_litert_torch_missing_is_a_clear_error(tiny_albert, tmp_path):
@@ -193,7 +192,7 @@ def test_litert_torch_missing_is_a_clear_error(tiny_albert, tmp_path):
     model = load_checkpoint(tiny_albert, 16)
     rows = encode(model.tokenizer, TEXTS[:2], 16)
     with pytest.raises(PipelineError, match=r"litert-torch is not installed; pip install '\.\[litert-torch\]'"):
-        stage.lower_tflite(model, TFLiteConfig(converter="litert-torch"), 16, tmp_path, rows, rows)
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(converter="litert-torch"), 16, rows, rows), tmp_path)
 
 
 def test_litert_torch_route(tmp_path):
@@ -201,8 +200,8 @@ def test_litert_torch_route(tmp_path):
     pytest.importorskip("litert_torch")
     model = _load(write_tiny_albert(tmp_path / "model", embedding_size=16, hidden_size=32), 64)
     rows = encode(model.tokenizer, TEXTS, 64)
-    artifacts = stage.lower_tflite(model, TFLiteConfig(converter="litert-torch"), 64, tmp_path / "out",
-                                   calibration=rows, check=rows, log=lambda _: None)
+    artifacts = stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(converter="litert-torch"), 64, rows, rows),
+                                   tmp_path / "out", stage.Hooks(log=lambda _: None))
     assert [a.precision for a in artifacts] == ["fp32", "int8"]
     for artifact in artifacts:
         assert artifact.details["converter"] == "litert-torch"
@@ -226,8 +225,8 @@ def test_stop_kills_the_converter_before_it_writes(tiny_albert, tmp_path):
     me = psutil.Process()
     began = time.perf_counter()
     with pytest.raises(PipelineError, match="stopped"):
-        stage.lower_tflite(model, TFLiteConfig(), 16, workdir, calibration=rows, check=rows, log=lambda _: None,
-                           stop=stop, on_torch_done=stop.set)  # stop as soon as the converter starts
+        stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(), 16, rows, rows), workdir,
+                           stage.Hooks(lambda _: None, stop, stop.set))  # stop as soon as the converter starts
     assert time.perf_counter() - began < 30, "the converter was not killed promptly"
     assert not [p for p in me.children(recursive=True) if "_worker" in " ".join(p.cmdline())], "converter still running"
     scratch = workdir / ".albert.tflite-work"
@@ -260,8 +259,8 @@ def test_dynamic_int8_puts_every_table_but_the_vocabulary_back_to_float(tmp_path
 
     model = _load(write_tiny_albert(tmp_path / "model", embedding_size=16, hidden_size=32), 32)
     rows = encode(model.tokenizer, TEXTS, 32)
-    artifacts = stage.lower_tflite(model, TFLiteConfig(int8_tables="all"), 32, tmp_path / "out", calibration=rows,
-                                   check=rows, log=lambda _: None, shapes="dynamic")
+    artifacts = stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(int8_tables="all"), 32, rows, rows,
+                                                   shapes="dynamic"), tmp_path / "out", stage.Hooks(log=lambda _: None))
     fp32, int8 = (a.path.read_bytes() for a in artifacts)
     vocab = (model.spec.vocab_size, 16)
     position = (model.spec.max_position_embeddings, 16)

@@ -119,8 +119,8 @@ def test_dynamic_tflite_runs_any_length_and_refuses_longer(model, rows, tmp_path
 
     from pipeline.lower import tflite as stage
 
-    artifacts = stage.lower_tflite(model, TFLiteConfig(), MAX, tmp_path / "out", calibration=rows, check=rows,
-                                   log=lambda _: None, shapes="dynamic")
+    artifacts = stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(), MAX, rows, rows, shapes="dynamic"),
+                                   tmp_path / "out", stage.Hooks(log=lambda _: None))
     assert [a.precision for a in artifacts] == ["fp32", "int8"]
     position_table = [model.spec.max_position_embeddings, model.spec.embedding_size]
     assert [t["shape"] for t in artifacts[1].details["float_tables"]] == [position_table]

@@ -86,8 +86,10 @@ def open_runner(path: Path, runtime: str, input_names: list[str] | None = None, 
     return RUNNERS[runtime](path, list(input_names or INPUT_NAMES), num_threads)
 
 
-def run_rows(runner: Runner, rows, desc: str = "run") -> tuple[np.ndarray, list[float]]:
-    """Every row of `rows` (an `Encoded`, or a list of inputs) through `runner`: stacked outputs, seconds each."""
+def run_rows(runner: Runner, rows, desc: str = "run",
+             on_row: Callable[[int, int, list[float]], None] | None = None) -> tuple[np.ndarray, list[float]]:
+    """Every row of `rows` (an `Encoded`, or a list of inputs) through `runner`: stacked outputs, seconds each;
+    `on_row(done, total, latencies)` after each row."""
     items = [rows.row(i) for i in range(len(rows))] if hasattr(rows, "row") else list(rows)
     if not items:
         raise PipelineError("no rows to run")
@@ -97,4 +99,6 @@ def run_rows(runner: Runner, rows, desc: str = "run") -> tuple[np.ndarray, list[
         started = time.perf_counter()
         outputs.append(np.asarray(runner.run(item), dtype=np.float32).reshape(1, -1))
         latencies.append(time.perf_counter() - started)
+        if on_row is not None:
+            on_row(len(latencies), len(items), latencies)
     return np.concatenate(outputs), latencies

@@ -52,6 +52,20 @@ def without_xnnpack(path: Path, num_threads: int):
     return runner
 
 
+def say_progress(name: str):
+    """Progress lines on stdout (for the host's log) when no console of the parent draws bars: a quarter at a time."""
+    from pipeline.core.console import active
+
+    if active() is not None:
+        return None
+
+    def say(done: int, total: int, latencies: list[float]) -> None:
+        if done % max(1, total // 4) == 0 or done == total:
+            print(f"worker: {name}: {done}/{total} rows, {float(np.median(latencies)):.2f} s/row", flush=True)
+
+    return say
+
+
 def run_file(spec: dict, job: dict, out: Path) -> dict:
     """One file: outputs into `out`.npz; returns its status (timings, or the error that stopped it)."""
     from pipeline.core.errors import PipelineError
@@ -63,7 +77,7 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
     try:
         runner = open_runner(Path(spec["path"]), spec["runtime"], spec["input_names"], threads)
         status["load_s"] = round(time.perf_counter() - t0, 2)
-        outputs, latencies = run_rows(runner, spec["inputs"], desc=spec["name"])
+        outputs, latencies = run_rows(runner, spec["inputs"], spec["name"], say_progress(spec["name"]))
         arrays = {"outputs": outputs, "latencies": np.asarray(latencies)}
         if job.get("litert_without_xnnpack") and spec["runtime"] == "litert":
             arrays["builtin"] = run_rows(without_xnnpack(Path(spec["path"]), threads), spec["inputs"])[0]
