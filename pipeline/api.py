@@ -15,6 +15,7 @@ from typing import Callable
 from pipeline.core.config import (TARGETS, CompressConfig, PipelineConfig, ThresholdConfig, check_fields,  # noqa: F401
                                   load_config)
 from pipeline.core.errors import DriftError, PipelineError  # noqa: F401
+from pipeline.core.paths import check_output_folder
 from pipeline.core.options import Arm64Options, BenchOptions, BuildOptions, CompressOptions, ValidateOptions
 
 Log = Callable[[str], None]
@@ -35,6 +36,8 @@ def check_build_options(options: BuildOptions) -> None:
     for target in options.targets or ["?"]:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
+    check_output_folder(b.out_dir)
+    check_output_folder(b.cache_dir, "stage cache folder")
     if options.arm64 is not None:
         check_fields(options.arm64, "arm64")
         from pipeline.verify.arm64.emulate import require_env
@@ -89,6 +92,8 @@ def bench(options: BenchOptions, log: Log = print) -> int:
 def compress(options: CompressOptions, log: Log = print) -> Path:
     """BERT -> ALBERT (factorized embedding, shared layers, distillation); the written checkpoint folder."""
     check_fields(options.config, "compress")
+    check_output_folder(options.config.out_dir)
+    check_output_folder(options.config.cache_dir, "stage cache folder")
     import torch
 
     from pipeline.compress.command import compress as run_compress

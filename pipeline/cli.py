@@ -204,7 +204,9 @@ def _override(target: object, args: argparse.Namespace, names: list[str]) -> Non
 
 
 def _arm64(args: argparse.Namespace) -> api.Arm64Options | None:
-    return api.Arm64Options(profile=args.arm_cpu or "i8mm", rows=args.arm_rows) if args.arm64 else None
+    options = api.Arm64Options(profile=args.arm_cpu or "i8mm", rows=args.arm_rows)
+    check_fields(options, "arm64")  # checked with or without --arm64: a bad value is never silently ignored
+    return options if args.arm64 else None
 
 
 def int_list(text: str, option: str) -> list[int]:

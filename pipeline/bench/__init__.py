@@ -50,6 +50,7 @@ from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summariz
 from pipeline.core.config import PipelineConfig, check_fields
 from pipeline.core.errors import PipelineError
 from pipeline.core.options import BenchOptions
+from pipeline.core.paths import check_output_folder
 from pipeline.core.provenance import find_model_dir
 
 Log = Callable[[str], None]
@@ -155,6 +156,36 @@ def length_sweep(run: BenchRun, inputs: Path, known_peak: dict[str, float]) -> t
     return section, length_targets(rows, threads) + max_length_checks(rows, threads)
 
 
+def preflight(folders: dict[Path, dict], model, length: int, log: Log) -> None:
+    """Every model file of the folders checked as `validate` checks it (listed, hashed, its inputs and outputs as
+    its manifest entry says) and run once on real text in a contained child process before any timing: a file
+    that is not what its manifest says, or that crashes or hangs its runtime, is one line naming it (exit 2)
+    instead of a dead bench worker halfway through the rounds."""
+    import numpy as np
+
+    from pipeline.core.artifact import Artifact
+    from pipeline.core.tokenization import encode
+    from pipeline.gate.folder import verify_files
+    from pipeline.runtimes.contained import run_contained
+    from pipeline.verify.validation import Evidence, file_job
+
+    texts = ["this tea is great and i will buy it again"]
+    count = 0
+    for folder, manifest in folders.items():  # one child per folder: their files share names
+        verify_files(folder, manifest)
+        encoded = encode(model.tokenizer, texts, static_length(manifest) or length)
+        evidence = Evidence(encoded, texts, np.zeros((1, 1), np.float32))
+        jobs = [file_job(Artifact.from_dict(folder, e), evidence)
+                for e in manifest["files"] if e.get("runtime") in ("executorch", "litert")]
+        outputs = run_contained(jobs)
+        for job in jobs:
+            got = outputs.get(job.artifact.file_name)
+            if got is None or got.error is not None:
+                raise PipelineError(got.error if got is not None else "no outputs came back", job.artifact.path)
+        count += len(jobs)
+    log(f"[bench] {count} model files checked against their manifests and run once")
+
+
 def bench(options: BenchOptions, log: Log = print, rebuild_with: Rebuild | None = None) -> int:
     """`rebuild_with` rebuilds the folder's artifacts at another length (api.bench passes the build)."""
     from pipeline.model.checkpoint import load_checkpoint
@@ -166,6 +197,7 @@ def bench(options: BenchOptions, log: Log = print, rebuild_with: Rebuild | None 
     if not threads or not lengths:
         raise PipelineError("--threads and --max-length need at least one value")
     out_dir = Path(options.out) if options.out else folder
+    check_output_folder(out_dir, "bench output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rebuild = options.rebuild_lengths
     if rebuild and rebuild_with is None:
@@ -179,6 +211,7 @@ def bench(options: BenchOptions, log: Log = print, rebuild_with: Rebuild | None 
     started = time.perf_counter()
     log(f"bench: {folder} ({own_length} tokens, {shapes_of(manifest)}), lengths {lengths}, threads {threads}, {runs} runs")
     model = load_checkpoint(source)
+    preflight({folder: manifest, **compare, **({static[0]: static[1]} if static else {})}, model, own_length, log)
     params = int(manifest["model"].get("params") or model.num_parameters)
     names = export_input_names(manifest)
     warmup = max(2, min(10, runs // 5))

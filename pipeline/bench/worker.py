@@ -47,11 +47,19 @@ def run_worker(job: dict, scratch: Path, log: Log) -> dict:
     progress_env, progress_fds = child_progress()  # the worker's rounds show progress on this console
     env.update(progress_env)
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench.worker", str(job_path)], env=env, capture_output=True,
-                          text=True, timeout=WORKER_TIMEOUT_S, pass_fds=progress_fds)
+    names = ", ".join(c["name"] for c in job["candidates"])[:200]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.bench.worker", str(job_path)], env=env,
+                              capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, pass_fds=progress_fds)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"bench worker ({job['mode']}) gave no result after {WORKER_TIMEOUT_S} s (killed); "
+                            f"running: {names}") from None
     if proc.returncode != 0 or not result_path.is_file():
+        from pipeline.runtimes.contained import _signal_name
+
         tail = " | ".join(line for line in (proc.stderr or "").strip().splitlines()[-3:])
-        raise PipelineError(f"bench worker ({job['mode']}) failed with exit code {proc.returncode}: {tail[-600:]}")
+        what = _signal_name(proc.returncode) if proc.returncode < 0 else f"exit code {proc.returncode}"
+        raise PipelineError(f"bench worker ({job['mode']}) failed with {what} running {names}: {tail[-600:]}")
     log(f"  worker {job['mode']} ({', '.join(c['name'] for c in job['candidates'])[:80]}): "
         f"{time.perf_counter() - began:.1f} s")
     return json.loads(result_path.read_text())

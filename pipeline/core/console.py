@@ -118,7 +118,11 @@ class Console:
                 except OSError:
                     pass
         where = self.log_path
-        if final_log is not None and where is not None and final_log.parent.is_dir():
+        try:  # a log path the file system refuses (too long, not a folder, no permission) keeps the temp log
+            movable = final_log is not None and where is not None and final_log.parent.is_dir()
+        except OSError:
+            movable = False
+        if movable:
             try:
                 tmp = final_log.with_name(f".{final_log.name}.{os.getpid()}")
                 shutil.copyfile(where, tmp)

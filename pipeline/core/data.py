@@ -209,6 +209,9 @@ def _read_rows(path: Path) -> list[dict]:
                                         "with named fields", path)
                 rows.append(row)
         return rows
+    # A cell may be as long as the file (the csv module's default limit, 128 KiB, refused legal long texts; the
+    # tokenizer truncates every long text anyway)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
     try:
         return list(reader)

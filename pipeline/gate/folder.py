@@ -29,31 +29,43 @@ def verify_files(folder: Path, manifest: dict) -> int:
     """Every listed file is a regular file inside the folder, listed once, with the recorded size and sha256; no
     model file of the folder is left unlisted."""
     listed = set()
-    root = folder.resolve()
     where = folder / "manifest.json"
-    for entry in manifest["files"] + manifest.get("assets", []):
-        name = entry.get("path") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-            raise PipelineError(f"manifest entry with a bad path {name!r} (a file name inside the folder)", where)
-        if name in listed:
-            raise PipelineError(f"manifest lists {name!r} twice", where)
-        listed.add(name)
-        path = folder / name
-        if path.is_symlink() and path.resolve().parent != root:
-            raise PipelineError("a link to a file outside the folder", path)
-        if not path.is_file():
-            raise PipelineError("listed in manifest.json but missing (or not a regular file)", path)
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            raise PipelineError(f"size {size} bytes does not match the manifest's {entry.get('bytes')}", path)
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            raise PipelineError(f"sha256 mismatch: file {digest}, manifest {entry.get('sha256')} "
-                                "(the file was changed after the build)", path)
-    unlisted = sorted(p.name for p in folder.iterdir() if p.suffix in MODEL_SUFFIXES and p.name not in listed)
+    entries = [manifest.get("files"), manifest.get("assets", [])]
+    if not all(isinstance(e, list) for e in entries):
+        raise PipelineError("'files' and 'assets' must be lists of entries", where)
+    try:
+        root = folder.resolve()
+        for entry in entries[0] + entries[1]:
+            name = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
+                    or "\0" in name or "\\" in name:
+                raise PipelineError(f"manifest entry with a bad path {name!r} (a file name inside the folder)", where)
+            if name in listed:
+                raise PipelineError(f"manifest lists {name!r} twice", where)
+            listed.add(name)
+            _verify_entry(folder / name, root, entry)
+        unlisted = sorted(p.name for p in folder.iterdir()
+                          if p.suffix.lower() in MODEL_SUFFIXES and p.name not in listed)
+    except OSError as err:  # a name too long for the file system, a folder that cannot be read: one line
+        raise PipelineError(f"cannot read it ({err.strerror or err})", err.filename or folder) from None
     if unlisted:
         raise PipelineError(f"model file(s) not in manifest.json: {unlisted}", folder)
     return len(listed)
+
+
+def _verify_entry(path: Path, root: Path, entry: dict) -> None:
+    """One listed file: regular, inside the folder (a link may only point to a file beside it), size and sha256."""
+    if path.is_symlink() and path.resolve().parent != root:
+        raise PipelineError("a link to a file outside the folder", path)
+    if not path.is_file():
+        raise PipelineError("listed in manifest.json but missing (or not a regular file)", path)
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        raise PipelineError(f"size {size} bytes does not match the manifest's {entry.get('bytes')}", path)
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise PipelineError(f"sha256 mismatch: file {digest}, manifest {entry.get('sha256')} "
+                            "(the file was changed after the build)", path)
 
 
 def model_entries(manifest: dict) -> list[dict]:
@@ -108,11 +120,25 @@ def load_calibration(manifest: dict, calibration_data: str | None, label_names: 
 
 
 
-def check_app_files(folder: Path, manifest: dict, model) -> None:
-    """labels.json is the model's labels in the model's order; the tokenizer files are the checkpoint's own."""
-    from pipeline.core.tokenization import tokenizer_files
+def app_file(folder: Path, manifest: dict, key: str, default: str) -> Path:
+    """A file the app finds through a manifest key (labels, golden): one of the folder's listed assets, by a plain
+    name (a key pointing anywhere else would have the app read a file nothing checked)."""
+    value = manifest.get(key, default)
+    listed = {e.get("path") for e in manifest.get("assets", []) if isinstance(e, dict)}
+    if not isinstance(value, str) or value not in listed:
+        raise PipelineError(f"manifest key {key!r} = {value!r} is not one of the folder's listed assets: the app would "
+                            "read a file the gate never checked", folder / "manifest.json")
+    return folder / value
 
-    labels_path = folder / str(manifest.get("labels") or "labels.json")
+
+def check_app_files(folder: Path, manifest: dict, model) -> None:
+    """labels.json is the model's labels in the model's order; the tokenizer files are the checkpoint's own, and
+    what the manifest tells the app about labels and the tokenizer is the model's."""
+    from pipeline.bundle import tokenizer_info
+    from pipeline.core.tokenization import TOKENIZER_FILES
+
+    where = folder / "manifest.json"
+    labels_path = app_file(folder, manifest, "labels", "labels.json")
     try:
         labels = json.loads(labels_path.read_text())
     except (OSError, ValueError) as err:
@@ -120,30 +146,73 @@ def check_app_files(folder: Path, manifest: dict, model) -> None:
     if labels != list(model.label_names):
         raise PipelineError(f"labels {labels} are not the model's {list(model.label_names)} in its order: the app "
                             "would show predictions under the wrong names", labels_path)
-    for source in tokenizer_files(model.model_dir):
-        shipped = folder / source.name
+    if manifest.get("label_names", labels) != labels or (manifest.get("model") or {}).get("num_labels") != len(labels):
+        raise PipelineError(f"label_names / model.num_labels are not the model's {len(labels)} labels "
+                            f"{list(model.label_names)}", where)
+    app_file(folder, manifest, "golden", "golden.json")
+    listed = {e.get("path") for e in manifest.get("assets", []) if isinstance(e, dict)}
+    for name in TOKENIZER_FILES:
+        shipped, source = folder / name, model.model_dir / name
+        if not source.is_file():
+            if shipped.exists() or shipped.is_symlink():
+                raise PipelineError("not one of the model's tokenizer files (its checkpoint has none of that name): "
+                                    "the app's tokenizer could read it", shipped)
+            continue
         if not shipped.is_file():
             raise PipelineError("the model's tokenizer file is missing from the folder", shipped)
+        if name not in listed:
+            raise PipelineError("the tokenizer file is not listed in manifest.json", shipped)
         if sha256_file(shipped) != sha256_file(source):
             raise PipelineError(f"not the model's tokenizer file (differs from {source.name} of the checkpoint): the app "
                                 "would tokenize differently from the model", shipped)
+    max_length = int(manifest["model"]["max_length"])
+    recorded, expected = manifest.get("tokenizer") or {}, tokenizer_info(model, max_length)
+    for key, value in expected.items():
+        if recorded.get(key) != value:
+            raise PipelineError(f"tokenizer.{key} is {recorded.get(key)!r}, the model's tokenizer has {value!r}: the "
+                                "app would tokenize differently from the model", where)
 
 
-def golden_jobs(folder: Path, artifacts: list[Artifact], model, max_length: int):
-    """golden.json's cases, checked against the tokenizer, as run jobs for every file (ids in, or text in)."""
+def check_tokenizer_behaviour(folder: Path, model, texts: list[str], encoded) -> None:
+    """The tokenizer the folder's files make encodes the eval texts exactly as the model's does."""
+    import numpy as np
+
+    from pipeline.core.tokenization import encode, load_tokenizer
+
+    try:
+        shipped = load_tokenizer(folder)
+    except PipelineError as err:
+        raise PipelineError(f"the folder's tokenizer files do not load ({err.message})", folder) from None
+    mine = encode(shipped, texts, encoded.input_ids.shape[1])
+    for index in range(len(texts)):
+        if not (np.array_equal(mine.input_ids[index], encoded.input_ids[index])
+                and np.array_equal(mine.attention_mask[index], encoded.attention_mask[index])):
+            raise PipelineError(f"the folder's tokenizer files encode eval text {index} ({texts[index][:60]!r}) "
+                                "differently from the model's tokenizer", folder)
+
+
+def golden_jobs(path: Path, artifacts: list[Artifact], model, max_length: int):
+    """golden.json's cases (at `path`), checked against the tokenizer, as run jobs for every file (ids in, or text
+    in); what it tells the app about lengths is the folder's."""
     import numpy as np
 
     from pipeline.core.tokenization import encode
     from pipeline.runtimes.contained import FileJob
     from pipeline.runtimes.mediapipe import TEXT_INPUT
 
-    path = folder / "golden.json"
     try:
         golden = json.loads(path.read_text())
         cases = golden["cases"]
-        texts = [c["text"] for c in cases]
+        texts = [str(c["text"]) for c in cases]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PipelineError(f"golden.json is not readable ({type(err).__name__}: {err})", path) from None
+    if golden.get("max_length") != max_length:
+        raise PipelineError(f"max_length {golden.get('max_length')!r} is not the folder's {max_length}: the app's "
+                            "self-check would feed other lengths", path)
+    ids_in = [a for a in artifacts if a.runtime != "mediapipe"]
+    padding = "none" if ids_in and all(a.details.get("shapes") == "dynamic" for a in ids_in) else "max_length"
+    if golden.get("padding") != padding:
+        raise PipelineError(f"padding {golden.get('padding')!r} is not the files' {padding!r}", path)
     encoded = encode(model.tokenizer, texts, max_length)
     rows = []
     for index, case in enumerate(cases):
@@ -157,25 +226,32 @@ def golden_jobs(folder: Path, artifacts: list[Artifact], model, max_length: int)
             raise PipelineError(f"case {index}: its input_ids are not what the model's tokenizer makes of its text",
                                 path)
         rows.append(row)
-    jobs = [FileJob(a, [{TEXT_INPUT: t} for t in texts] if a.runtime == "mediapipe" else rows) for a in artifacts]
+    jobs = [FileJob(a, [{TEXT_INPUT: t} for t in texts] if a.runtime == "mediapipe" else rows, max_length=max_length)
+            for a in artifacts]
     return golden, jobs
 
 
-def check_golden(golden: dict, outputs: dict, artifacts: list[Artifact], path: Path) -> None:
-    """Every golden output is what its file computes on that input, within the golden tolerance."""
+def check_golden(golden: dict, outputs: dict, artifacts: list[Artifact], path: Path,
+                 limits: dict[str, float] | None = None) -> None:
+    """Every golden output is what its file computes on that input, within the golden tolerance (and within the
+    file's max_abs_error limit in force, `limits`: a folder cannot hide moved outputs behind a wide tolerance)."""
     import numpy as np
 
     tolerance = golden.get("tolerance") or {}
+    if not isinstance(tolerance, dict):
+        raise PipelineError("tolerance is not a table of file names", path)
     for artifact in artifacts:
         name = artifact.file_name
         got = outputs.get(name)
         if got is None or got.error is not None:
             continue  # the file's own run reports it
         limit = tolerance.get(name)
-        if not isinstance(limit, (int, float)) or not np.isfinite(limit) or limit < 0:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not np.isfinite(limit) or limit < 0:
             raise PipelineError(f"no valid tolerance for {name}", path)
+        if limits and name in limits:
+            limit = min(limit, max(1e-4, limits[name]))  # as the build sets it: max(1e-4, max_abs_error)
         for index, case in enumerate(golden["cases"]):
-            expected = (case.get("expected") or {}).get(name)
+            expected = (case.get("expected") or {}).get(name) if isinstance(case, dict) else None
             try:
                 expected = np.asarray(expected, dtype=np.float64).reshape(-1)
                 diff = float(np.abs(np.asarray(got.outputs[index], np.float64).reshape(-1) - expected).max())

@@ -28,10 +28,11 @@ from pipeline.core.artifact import Artifact, read_manifest
 from pipeline.core.config import ThresholdConfig, load_thresholds
 from pipeline.core.errors import DriftError, PipelineError
 from pipeline.core.options import ValidateOptions
+from pipeline.core.paths import check_output_folder
 from pipeline.core.shapes import sweep_rows
 from pipeline.core.tokenization import clean_text, encode
-from pipeline.gate.folder import (check_app_files, check_golden, golden_jobs, load_calibration, load_eval,
-                                  load_reference, model_entries, verify_files)
+from pipeline.gate.folder import (app_file, check_app_files, check_golden, check_tokenizer_behaviour, golden_jobs,
+                                  load_calibration, load_eval, load_reference, model_entries, verify_files)
 from pipeline.runtimes.contained import run_contained
 from pipeline.verify.report import drift_table, plot_layer_errors, write_reports
 from pipeline.verify.validation import ArtifactResult, Evidence, run_errors, validate
@@ -100,7 +101,9 @@ def localize_failures(results: list[ArtifactResult], manifest: dict, model, evid
 def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     folder = Path(options.artifacts)
     report_dir = Path(options.report_dir or folder)
+    thresholds, thresholds_source = thresholds_of(options)  # a bad thresholds file fails before anything runs
     manifest = read_manifest(folder)
+    check_output_folder(report_dir, "report folder")
     log(f"validate: {folder}")
     arm = None
     if options.arm64 is not None:  # a missing emulation environment fails before anything runs
@@ -110,15 +113,19 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     count = verify_files(folder, manifest)
     log(f"  {count} files: sizes and sha256 match manifest.json")
     entries = model_entries(manifest)
+    unknown = sorted(set(thresholds.per_artifact) - {e["path"] for e in entries})
+    if unknown and not isinstance(options.thresholds, ThresholdConfig):  # a misspelt file name would gate nothing
+        raise PipelineError(f"thresholds for {unknown}: no such model file in {folder}", thresholds_source)
     model = load_reference(manifest, options.model_dir)
     log(f"  float reference {model.model_dir} ({model.reference_kind}), hash matches the manifest")
     check_app_files(folder, manifest, model)
-    thresholds, thresholds_source = thresholds_of(options)
     evidence, source = evidence_for(manifest, model, options, log)
+    check_tokenizer_behaviour(folder, model, evidence.texts, evidence.encoded)
     log(f"  thresholds: {thresholds_source}")
     artifacts = [Artifact.from_dict(folder, e) for e in entries]
     results = validate(artifacts, evidence, thresholds, log=log)
-    golden, jobs = golden_jobs(folder, artifacts, model, int(manifest["model"]["max_length"]))
+    golden, jobs = golden_jobs(app_file(folder, manifest, "golden", "golden.json"), artifacts, model,
+                               int(manifest["model"]["max_length"]))
     golden_outputs = run_contained(jobs)
     drift = None
     if any(a.runtime == "mediapipe" for a in artifacts):
@@ -163,7 +170,8 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     if broken is not None:
         raise broken
     if not any("fallback" in r.artifact.details for r in results):  # a rewritten folder has a new golden.json
-        check_golden(golden, golden_outputs, artifacts, folder / "golden.json")
+        check_golden(golden, golden_outputs, artifacts, app_file(folder, manifest, "golden", "golden.json"),
+                     {r.artifact.file_name: r.thresholds.max_abs_error for r in results})
     for line in drift_table(results):
         log(line)
     failures = [f for r in results for f in r.failures] + (arm_run.failures if arm_run else [])

@@ -46,6 +46,11 @@ class Runner:
             return pad(inputs, self.max_length)
         return inputs
 
+    def signature(self) -> tuple[list[dict], list[dict]] | None:
+        """What the loaded file declares: ([{"name", "shape", "dtype"} per input], [... per output]); a name or a
+        dimension the runtime does not tell is None, -1 is a dynamic dimension. None: the runner cannot tell."""
+        return None
+
     def time_run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         out = self.run(inputs)
@@ -102,3 +107,49 @@ def run_rows(runner: Runner, rows, desc: str = "run",
         if on_row is not None:
             on_row(len(latencies), len(items), latencies)
     return np.concatenate(outputs), latencies
+
+
+def check_signature(runner: Runner, inputs: list[dict], outputs: list[dict], max_length: int | None) -> None:
+    """The loaded file against its manifest entry (`inputs`/`outputs`: {"name", "shape", "dtype"} each) and the
+    folder's max_length, before anything is fed to it: another model's file (other inputs, another label count,
+    another length) is one PipelineError naming what differs, not a native abort inside the runtime."""
+    problems = []
+    if max_length is not None and runner.max_length is not None and int(runner.max_length) != int(max_length):
+        problems.append(f"it takes at most {runner.max_length} tokens, the folder's max_length is {max_length}")
+    declared = runner.signature()
+    if declared is not None:
+        for kind, have, want in (("input", declared[0], inputs), ("output", declared[1], outputs)):
+            if len(have) != len(want):
+                problems.append(f"{len(have)} {kind}(s), the manifest entry lists {len(want)}")
+                continue
+            by_name = {canonical_input_name(str(h["name"])): h for h in have if h.get("name") is not None}
+            for index, spec in enumerate(want):
+                got = by_name.get(canonical_input_name(str(spec.get("name"))), have[index]) if kind == "input" \
+                    else have[index]
+                problems += _tensor_problems(kind, spec, got, max_length)
+    if problems:
+        raise PipelineError("not the model its manifest entry describes: " + "; ".join(dict.fromkeys(problems)), runner.path)
+
+
+def _tensor_problems(kind: str, spec: dict, got: dict, max_length: int | None) -> list[str]:
+    name = spec.get("name")
+    problems = []
+    if got.get("dtype") is not None and spec.get("dtype") not in (None, "string") and got["dtype"] != spec["dtype"]:
+        problems.append(f"{kind} {name} is {got['dtype']}, the manifest says {spec['dtype']}")
+    want, have = list(spec.get("shape") or []), got.get("shape")
+    if have is None or spec.get("dtype") == "string":
+        return problems
+    have = list(have)
+    if len(have) != len(want):
+        problems.append(f"{kind} {name} has shape {have}, the manifest says {want}")
+        return problems
+    for w, h in zip(want, have):
+        if h is None:
+            continue
+        if w == -1:  # a dynamic length: the file's bound (or -1) must be the folder's max_length
+            if h != -1 and max_length is not None and h != max_length:
+                problems.append(f"{kind} {name} takes up to {h} tokens, the folder's max_length is {max_length}")
+        elif h != w and not (h == -1 and kind == "input"):
+            problems.append(f"{kind} {name} has shape {have}, the manifest says {want}")
+            break
+    return problems

@@ -32,6 +32,9 @@ START_SECONDS = 600.0
 class FileJob:
     artifact: Artifact
     inputs: list[dict]  # one dict per run: input name -> array (or "text" -> str for MediaPipe files)
+    # the folder's longest input: with the artifact's manifest inputs/outputs, what the loaded file is checked
+    # against before it is fed (runtimes/base.py check_signature); None: not checked
+    max_length: int | None = None
 
 
 @dataclass
@@ -85,7 +88,7 @@ def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str
         payload = {"num_threads": worker.num_threads, "litert_without_xnnpack": worker.litert_without_xnnpack,
                    "files": [{"name": j.artifact.file_name, "path": str(j.artifact.path.resolve()),
                               "runtime": j.artifact.runtime, "input_names": [t.name for t in j.artifact.inputs],
-                              "inputs": j.inputs} for j in jobs]}
+                              "inputs": j.inputs, "expect": _expected(j)} for j in jobs]}
         first = 0
         while first < len(jobs):
             payload["first"] = first
@@ -102,6 +105,13 @@ def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str
         if info.is_file():
             worker.info.update(__import__("json").loads(info.read_text()))
     return results
+
+
+def _expected(job: FileJob) -> dict | None:
+    if job.max_length is None:
+        return None
+    return {"inputs": [t.to_dict() for t in job.artifact.inputs], "outputs": [t.to_dict() for t in job.artifact.outputs],
+            "max_length": int(job.max_length)}
 
 
 def _run_child(worker: Worker, folder: Path, env: dict, fds: tuple[int, ...], jobs: list[FileJob],

@@ -9,6 +9,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.runtimes.base import Runner, register
 
 _threads_set: list[int] = []
+# ExecuTorch's ScalarType codes -> numpy dtype names (the manifest's)
+_DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
 
 
 def set_threads(num_threads: int) -> None:
@@ -37,12 +39,22 @@ class ExecuTorchRunner(Runner):
             program = Runtime.get().load_program(Path(path))
             self._method = program.load_method("forward")
             # sizes of a bounded dynamic input are its upper bound (what memory is planned for)
-            self.max_length = int(program.metadata("forward").input_tensor_meta(0).sizes()[-1])
+            meta = program.metadata("forward")
+            self._signature = ([{"name": None, "shape": list(meta.input_tensor_meta(i).sizes()),
+                                 "dtype": _DTYPES.get(int(meta.input_tensor_meta(i).dtype()))}
+                                for i in range(meta.num_inputs())],
+                               [{"name": None, "shape": list(meta.output_tensor_meta(i).sizes()),
+                                 "dtype": _DTYPES.get(int(meta.output_tensor_meta(i).dtype()))}
+                                for i in range(meta.num_outputs())])
+            self.max_length = int(meta.input_tensor_meta(0).sizes()[-1])
         except Exception as err:
             raise PipelineError(f"ExecuTorch cannot load the program ({type(err).__name__}: {err})", path) from None
         self.input_names = list(input_names)
         self.path = Path(path)
         self.static = None  # unknown until a shorter input is tried: a static program refuses to resize
+
+    def signature(self) -> tuple[list[dict], list[dict]]:
+        return self._signature
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         inputs = {n: inputs[n] for n in self.input_names}

@@ -31,6 +31,13 @@ class LiteRTRunner(Runner):
         self._outputs = self._runner.get_output_details()
         self.path = Path(path)
 
+    def signature(self) -> tuple[list[dict], list[dict]]:
+        def specs(details: dict) -> list[dict]:  # as the TFLite stage records them in the manifest
+            return [{"name": n, "shape": [int(s) for s in d.get("shape_signature", d["shape"])],
+                     "dtype": np.dtype(d["dtype"]).name} for n, d in details.items()]
+
+        return specs(self._inputs), specs(self._outputs)
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         inputs = self.fit_length({c: inputs[c] for c in self._by_canonical if c in inputs} or inputs)
         feed = {}

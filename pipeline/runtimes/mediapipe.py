@@ -51,6 +51,10 @@ class MediaPipeRunner(Runner):
             raise PipelineError(f"MediaPipe TextClassifier cannot load the model ({type(err).__name__}: {first})",
                                 self.path) from None
 
+    def signature(self) -> tuple[list[dict], list[dict]]:
+        return [{"name": TEXT_INPUT, "shape": None, "dtype": None}], [{"name": None, "shape": [1, len(self.labels)],
+                                                                       "dtype": None}]
+
     def classify(self, text: str) -> np.ndarray:
         """One text -> probabilities [C] in label order."""
         result = self._classifier.classify(str(text))

@@ -4,7 +4,8 @@
     qemu-aarch64 -cpu PROFILE -L SYSROOT SYSROOT/usr/bin/python3.11 -m pipeline.runtimes.worker JOB_DIR  (ARM64)
 
 JOB_DIR/job.pkl: {"num_threads": int, "litert_without_xnnpack": bool,
-                  "files": [{"name", "path", "runtime", "input_names", "inputs": [row dict | text, ...]}]}
+                  "files": [{"name", "path", "runtime", "input_names", "inputs": [row dict | text, ...],
+                             "expect": None | {"inputs", "outputs", "max_length"} (the manifest entry's)}]}
 For file i it prints `start i` before loading it, writes JOB_DIR/out_<i>.npz (outputs, latencies[, builtin]) and
 JOB_DIR/out_<i>.json (error or timings), then prints `done i`. A native abort or a hang in a runtime ends only
 this process: the host sees which file was running and names it (contained.py).
@@ -70,6 +71,7 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
     """One file: outputs into `out`.npz; returns its status (timings, or the error that stopped it)."""
     from pipeline.core.errors import PipelineError
     from pipeline.runtimes import open_runner, run_rows
+    from pipeline.runtimes.base import check_signature
 
     status: dict = {"name": spec["name"]}
     t0, c0 = time.perf_counter(), time.process_time()
@@ -77,6 +79,9 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
     try:
         runner = open_runner(Path(spec["path"]), spec["runtime"], spec["input_names"], threads)
         status["load_s"] = round(time.perf_counter() - t0, 2)
+        expect = spec.get("expect")
+        if expect:  # another model's file is refused here, before a row can make its runtime abort
+            check_signature(runner, expect["inputs"], expect["outputs"], expect["max_length"])
         outputs, latencies = run_rows(runner, spec["inputs"], spec["name"], say_progress(spec["name"]))
         arrays = {"outputs": outputs, "latencies": np.asarray(latencies)}
         if job.get("litert_without_xnnpack") and spec["runtime"] == "litert":

@@ -109,6 +109,11 @@ def file_inputs(artifact: Artifact, evidence: Evidence) -> list[dict]:
     return eval_rows(evidence.encoded, dynamic) + [r if dynamic else pad(r, width) for r in evidence.sweep]
 
 
+def file_job(artifact: Artifact, evidence: Evidence) -> FileJob:
+    """The file's inputs, and what it must declare (its manifest inputs and outputs, the rows' max_length)."""
+    return FileJob(artifact, file_inputs(artifact, evidence), max_length=int(evidence.encoded.input_ids.shape[1]))
+
+
 def judge(artifact: Artifact, got: FileOutputs, evidence: Evidence, thresholds: ThresholdConfig,
           where: Where) -> ArtifactResult:
     """One file's outputs -> metrics -> limits; its sweep's drift per length; its difference from the baseline."""
@@ -172,7 +177,7 @@ def validate(artifacts: list[Artifact], evidence: Evidence, thresholds: Threshol
     if len(evidence.reference) == 0:
         raise PipelineError("the eval set is empty: nothing to validate against")
     where = where or Where()
-    jobs = [FileJob(a, file_inputs(a, evidence)) for a in artifacts]
+    jobs = [file_job(a, evidence) for a in artifacts]
     outputs = where.run(jobs)
     results = []
     for artifact in artifacts:
