@@ -26,7 +26,8 @@ PRECISIONS = ("fp32", "int8")
 def check_build_options(options: BuildOptions) -> None:
     """Everything about a build that can be refused before hours of work."""
     b = options.config.build
-    check_fields(options.config, "config")
+    if not all(isinstance(v, list) for v in (b.runtimes, b.precisions, options.targets)):
+        check_fields(options.config, "config")  # the type error, one line
     unknown = [r for r in b.runtimes if r not in RUNTIMES]
     if unknown or not b.runtimes:
         raise PipelineError(f"unknown runtime(s) {unknown or b.runtimes}; choose from {', '.join(RUNTIMES)}")
@@ -36,6 +37,8 @@ def check_build_options(options: BuildOptions) -> None:
     for target in options.targets or ["?"]:
         if target not in TARGETS:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
+    for section in ("build", "quantize", "tflite", "thresholds", "compress"):  # "[build] max_length = 1: ..."
+        check_fields(getattr(options.config, section), section)
     check_output_folder(b.out_dir)
     check_output_folder(b.cache_dir, "stage cache folder")
     if options.arm64 is not None:

@@ -284,8 +284,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    options = build_options(args)
-    check_fields(options.config.build, "build")
+    options = build_options(args)  # api.build checks every value before any work
     WRITES[:] = [Path(options.config.build.out_dir), Path(options.config.build.cache_dir), Path(tempfile.gettempdir())]
     api.build(options, log)
     return 0

@@ -173,8 +173,10 @@ def check_app_files(folder: Path, manifest: dict, model) -> None:
                                 "app would tokenize differently from the model", where)
 
 
-def check_tokenizer_behaviour(folder: Path, model, texts: list[str], encoded) -> None:
-    """The tokenizer the folder's files make encodes the eval texts exactly as the model's does."""
+def check_tokenizer_behaviour(folder: Path, texts: list[str], encoded) -> None:
+    """The tokenizer the folder's files make encodes the eval texts exactly as the model's does (`encoded`): the
+    files are compared byte for byte with the checkpoint's too, this catches what that cannot see (a file the
+    tokenizer loader reads beside them)."""
     import numpy as np
 
     from pipeline.core.tokenization import encode, load_tokenizer

@@ -120,7 +120,7 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     log(f"  float reference {model.model_dir} ({model.reference_kind}), hash matches the manifest")
     check_app_files(folder, manifest, model)
     evidence, source = evidence_for(manifest, model, options, log)
-    check_tokenizer_behaviour(folder, model, evidence.texts, evidence.encoded)
+    check_tokenizer_behaviour(folder, evidence.texts, evidence.encoded)
     log(f"  thresholds: {thresholds_source}")
     artifacts = [Artifact.from_dict(folder, e) for e in entries]
     results = validate(artifacts, evidence, thresholds, log=log)

@@ -148,7 +148,7 @@ def _tensor_problems(kind: str, spec: dict, got: dict, max_length: int | None) -
             continue
         if w == -1:  # a dynamic length: the file's bound (or -1) must be the folder's max_length
             if h != -1 and max_length is not None and h != max_length:
-                problems.append(f"{kind} {name} takes up to {h} tokens, the folder's max_length is {max_length}")
+                problems.append(f"it takes at most {h} tokens, the folder's max_length is {max_length}")
         elif h != w and not (h == -1 and kind == "input"):
             problems.append(f"{kind} {name} has shape {have}, the manifest says {want}")
             break

@@ -87,8 +87,8 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
         if job.get("litert_without_xnnpack") and spec["runtime"] == "litert":
             arrays["builtin"] = run_rows(without_xnnpack(Path(spec["path"]), threads), spec["inputs"])[0]
         np.savez(out.with_suffix(".npz"), **arrays)
-    except PipelineError as err:
-        status["error"] = str(err)
+    except PipelineError as err:  # the host names the file: the message alone when it is about this file
+        status["error"] = err.message if err.path is not None and str(err.path) == str(spec["path"]) else str(err)
     except Exception as err:  # a runtime that loads but cannot run the file: reported, never skipped
         status["error"] = f"{spec['runtime']} cannot run it ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''})"
     status["seconds"] = round(time.perf_counter() - t0, 1)
