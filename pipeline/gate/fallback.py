@@ -28,6 +28,7 @@ import torch
 from pipeline.core.artifact import Artifact
 from pipeline.core.config import QuantizeConfig, ThresholdConfig
 from pipeline.core.data import LabeledTexts, sha256_file
+from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Metrics, check_thresholds, compare
 from pipeline.core.shapes import is_dynamic
 from pipeline.core.tokenization import Encoded, encode
@@ -197,13 +198,18 @@ def fallback_artifact(fb: Fallback, result: ArtifactResult, localization: Locali
 
 
 def _golden_update(path: Path, artifact: Artifact, limits) -> None:
-    from pipeline.runtimes import open_runner
+    """The new file's outputs on golden.json's inputs, run like every file: in a contained child process."""
+    from pipeline.runtimes.contained import FileJob, run_contained
 
     golden = json.loads(path.read_text())
-    runner = open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs])
-    for case in golden.get("cases", []):
-        row = {k: np.asarray([case[k]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        case["expected"][artifact.file_name] = np.asarray(runner.run(row)[0], dtype=float).round(6).tolist()
+    cases = golden.get("cases", [])
+    rows = [{k: np.asarray([case[k]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            for case in cases]
+    got = run_contained([FileJob(artifact, rows)]).get(artifact.file_name) if rows else None
+    if rows and (got is None or got.error is not None):
+        raise PipelineError(got.error if got is not None else "no outputs came back", artifact.path)
+    for index, case in enumerate(cases):
+        case["expected"][artifact.file_name] = np.asarray(got.outputs[index], dtype=float).round(6).tolist()
     golden.setdefault("tolerance", {})[artifact.file_name] = max(1e-4, limits.max_abs_error)
     path.write_text(json.dumps(golden) + "\n")
 

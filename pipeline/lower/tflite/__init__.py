@@ -199,18 +199,17 @@ def _reference_logits(export_model: nn.Module, check: Encoded, input_names: list
 
 def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, input_names: list[str],
                 dynamic: bool = False) -> dict[str, Any]:
-    from pipeline.runtimes import LiteRTRunner, run_rows
+    """The converted file on the check rows in LiteRT, in a contained child process (pipeline/runtimes/contained.py):
+    a converter output that aborts or hangs the runtime is this file's one-line error, not the end of the build."""
+    from pipeline.core.artifact import Artifact, TensorSpec
+    from pipeline.runtimes.contained import FileJob, run_contained
 
-    runner = LiteRTRunner(path, num_threads=2)
-    missing = sorted(set(runner.input_names) - set(input_names))
-    if missing:
-        raise PipelineError(f"the .tflite has inputs {missing} that the model does not take", label)
-    try:
-        got, _ = run_rows(runner, eval_rows(check, dynamic, input_names))
-    except PipelineError:
-        raise
-    except Exception as err:
-        raise PipelineError(f"LiteRT failed to run the model ({type(err).__name__}: {err})", label) from None
+    artifact = Artifact(path, "litert", "check", [TensorSpec(n, [1, -1], "int64") for n in input_names], [])
+    got = run_contained([FileJob(artifact, eval_rows(check, dynamic, input_names))]).get(path.name)
+    if got is None or got.error is not None:
+        error = got.error if got is not None else "no outputs came back"
+        raise PipelineError(f"LiteRT failed to run the model ({error})", label)
+    got = got.outputs
     if got.shape != reference.shape:
         raise PipelineError(f"output shape {list(got.shape)} differs from the model's {list(reference.shape)}", label)
     return {
