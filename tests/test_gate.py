@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +202,12 @@ def test_unknown_runtime_in_manifest_is_exit_2(folder):
     assert "(executorch): PASS" not in out
 
 
-def test_runtime_that_cannot_be_imported_is_exit_2(folder, monkeypatch):
-    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import executorch.runtime -> ImportError
+def test_runtime_that_cannot_be_imported_is_exit_2(folder, monkeypatch, tmp_path):
+    # Files run in a child process (pipeline/runtimes/contained.py), which takes PYTHONPATH from this environment:
+    # an empty `executorch` package first on it hides the installed one there -> import executorch.runtime fails.
+    (tmp_path / "stub" / "executorch").mkdir(parents=True)
+    (tmp_path / "stub" / "executorch" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stub"))
     code, out, err = _run(["validate", "--artifacts", str(folder)])
     assert code == 2 and "ExecuTorch runtime is not installed" in err and "albert.int8.pte" in err
     assert "(executorch): PASS" not in out

@@ -5,9 +5,11 @@
     load_reference   the float reference the manifest names (or the one given), proven by its hash
     load_eval        the eval data as recorded (or the one given), never empty
     check_app_files  what the app reads beside the model files is the model's own: labels.json holds the model's
-                     labels in its order; the tokenizer files are the checkpoint's; golden.json's inputs are what
-                     the tokenizer makes of its texts and its outputs what each file computes (checked after the
-                     files ran, `check_golden`)
+                     labels in its order; the tokenizer files are the checkpoint's, byte for byte, and
+                     `check_tokenizer_behaviour` encodes the eval texts with them; the manifest's labels / golden
+                     keys name listed assets (`app_file`) and its tokenizer section is the model's; golden.json's
+                     inputs are what the tokenizer makes of its texts and its outputs what each file computes
+                     (checked after the files ran, `check_golden`)
 Every problem is one PipelineError naming the entry (exit 2).
 """
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """`pipeline validate`: the CI gate over an existing artifact folder, on the same functions the build uses.
 
+    0. the thresholds (every value in its range) and the report folder, before anything else   (else exit 2)
     1. the folder is what its manifest says (gate/folder.py)                         (else exit 2, entry named)
     2. the float reference the manifest names (or the given one), proven by its hash   (else exit 2)
     3. the eval data as recorded in the manifest (or the given one), never empty     (else exit 2)
-    4. labels.json and the tokenizer files are the model's own                       (else exit 2)
-    5. every model file in its runtime, in a child process, vs the float reference (pipeline/verify/validation.py:
-       MediaPipe files text in; a file that crashes, hangs or cannot run is exit 2 with the reports of the others
-       written); golden.json's outputs are what each file computes                    (drift: exit 1)
+    4. labels.json, the tokenizer files (their bytes, and their ids on the eval texts) and what the manifest
+       tells the app about them are the model's own                                  (else exit 2)
+    5. every model file in its runtime, in a child process, first checked against its manifest entry (inputs,
+       outputs, max_length), vs the float reference (pipeline/verify/validation.py: MediaPipe files text in; a
+       file that is another model's, crashes, hangs or cannot run is exit 2 with the reports of the others
+       written); golden.json's outputs are what each file computes, within its tolerance (else exit 2)
+                                                                                      (drift: exit 1)
     6. for a failing int8 ExecuTorch file: where the error starts (gate/localize.py); with auto_fallback, the most
        sensitive modules are kept float until the thresholds hold and the file, golden.json and the manifest are
        rewritten atomically (gate/fallback.py)
