@@ -1,4 +1,4 @@
-"""A gate that cannot be crashed or loosened: one test (or one parametrized test) per class of the issue.
+"""A gate that cannot be crashed or loosened: one test (or one parametrized test) per class of failure.
 
 1. no crash escapes: a file that aborts its runtime, hangs it, or is another model's file is one line naming it,
    exit 2, with the report of the files that did run (validate, bench, the contained runner itself)

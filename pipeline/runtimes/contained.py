@@ -66,6 +66,13 @@ def _signal_name(code: int) -> str:
     return {"SIGABRT": "SIGABRT (a native abort)", "SIGSEGV": "SIGSEGV (a segmentation fault)"}.get(name, name)
 
 
+def _expected(job: FileJob) -> dict | None:
+    if job.max_length is None:
+        return None
+    return {"inputs": [t.to_dict() for t in job.artifact.inputs], "outputs": [t.to_dict() for t in job.artifact.outputs],
+            "max_length": int(job.max_length)}
+
+
 def _environment(worker: Worker) -> tuple[dict[str, str], tuple[int, ...]]:
     env = dict(worker.env) if worker.env is not None else dict(os.environ)
     if worker.env is None:
@@ -105,13 +112,6 @@ def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str
         if info.is_file():
             worker.info.update(__import__("json").loads(info.read_text()))
     return results
-
-
-def _expected(job: FileJob) -> dict | None:
-    if job.max_length is None:
-        return None
-    return {"inputs": [t.to_dict() for t in job.artifact.inputs], "outputs": [t.to_dict() for t in job.artifact.outputs],
-            "max_length": int(job.max_length)}
 
 
 def _run_child(worker: Worker, folder: Path, env: dict, fds: tuple[int, ...], jobs: list[FileJob],
