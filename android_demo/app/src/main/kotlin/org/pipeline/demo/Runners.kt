@@ -58,7 +58,7 @@ class LiteRtRunner(override val file: ModelFile, path: File, threads: Int) : Mod
         interpreter.allocateTensors()
         val out = interpreter.getOutputTensor(0)
         val buffer = ByteBuffer.allocateDirect(out.numBytes()).order(ByteOrder.nativeOrder())
-        interpreter.runForMultipleInputsOutputs(ordered.map { it.toBuffer() }.toTypedArray(), mapOf(0 to buffer))
+        interpreter.runForMultipleInputsOutputs(Array<Any>(ordered.size) { ordered[it].toBuffer() }, mapOf<Int, Any>(0 to buffer))
         val q = out.quantizationParams()
         return Outputs.decode(buffer, out.dataType().name.lowercase(), out.numElements(), q.scale, q.zeroPoint)
     }
