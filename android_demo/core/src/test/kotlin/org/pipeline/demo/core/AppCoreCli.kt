@@ -87,7 +87,7 @@ private fun inputs(request: Map<*, *>): Any {
         }
         mapOf("encoding" to encodingJson(encoding), "inputs" to perFile)
     }
-    return mapOf("byte_order" to ByteOrder.nativeOrder().toString(), "runtimes" to runtimes, "rows" to rows)
+    return mapOf("runtimes" to runtimes, "rows" to rows)
 }
 
 /** A runner that answers with recorded outputs, found by exactly the inputs (or text) it is given. */
