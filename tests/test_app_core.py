@@ -46,7 +46,7 @@ BUNDLES = ("wordpiece-dynamic", "sentencepiece-static")
 def sentencepiece_static_build(tmp_path_factory) -> Path:
     """A tiny ALBERT with ALBERT's own tokenizer kind (SentencePiece) built with static shapes, every runtime."""
     from pipeline.build import build
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
     from tiny import write_review_data, write_tiny_albert_sentencepiece
 
     root = tmp_path_factory.mktemp("app_core_sp")
@@ -124,11 +124,17 @@ def recorded_feeds():
         yield calls
 
 
+def run_artifact(artifact, rows):
+    """A file on rows as the run worker does it (pipeline/runtimes/worker.py), in this process so feeds are recorded."""
+    from pipeline.runtimes import open_runner, run_rows
+
+    return run_rows(open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs]), rows)
+
+
 def python_feeds(folder: Path, entry: dict, rows: list[dict[str, np.ndarray]]) -> list[list[tuple[str, np.ndarray]]]:
-    """What the pipeline's runners feed the file for each row (validate's own `run_artifact`), as (name, array) in
+    """What the pipeline's runners feed the file for each row (the run worker's open_runner + run_rows), as (name, array) in
     the order the file takes them: ExecuTorch by position; LiteRT by interpreter input position."""
-    from pipeline.artifact import Artifact
-    from pipeline.numerics import run_artifact
+    from pipeline.core.artifact import Artifact
 
     with recorded_feeds() as calls:
         run_artifact(Artifact.from_dict(folder, entry), rows)
@@ -159,8 +165,8 @@ def litert_tensor_names(path: Path) -> list[str]:
 
 def python_rows(folder: Path, texts: list[str], dynamic: bool) -> list[dict[str, np.ndarray]]:
     """The texts as the pipeline tokenizes and feeds them (validate: `eval_rows`, cut to length for dynamic files)."""
-    from pipeline.shapes import eval_rows
-    from pipeline.tokenization import encode, load_tokenizer
+    from pipeline.core.shapes import eval_rows
+    from pipeline.core.tokenization import encode, load_tokenizer
 
     manifest = _json(folder, "manifest.json")
     return eval_rows(encode(load_tokenizer(folder), texts, manifest["tokenizer"]["max_length"]), dynamic)
@@ -239,9 +245,8 @@ def _compare_feeds(manifest: dict, feeds: dict[str, list], kotlin_rows: list[dic
 
 
 def test_core_refuses_what_the_runners_refuse_and_picks_no_unknown_runtime(bundle, tmp_path):
-    from pipeline.artifact import Artifact
-    from pipeline.errors import PipelineError
-    from pipeline.numerics import run_artifact
+    from pipeline.core.artifact import Artifact
+    from pipeline.core.errors import PipelineError
 
     manifest = _json(bundle, "manifest.json")
     max_length = manifest["model"]["max_length"]
@@ -452,7 +457,7 @@ NORMALIZATION_EXTRA = [
 
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
 def test_mediapipe_normalization_equals_python(kind, tmp_path):
-    from pipeline.tokenizer_drift import HARD_CASES, app_normalize
+    from pipeline.verify.tokenizer_drift import HARD_CASES, app_normalize
 
     texts = [text for _, text in HARD_CASES] + NORMALIZATION_EXTRA + varied_texts(400, seed=11)
     kotlin = run_core("normalize", {"kind": kind, "texts": texts}, tmp_path)
