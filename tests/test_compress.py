@@ -261,9 +261,10 @@ def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_pa
 
         monkeypatch.setattr(distill, "EPOCH_HOOK", hook)
         cfg = CompressConfig(batch_size=8, resume=resume, progress_seconds=0.0)
-        kept = distill.train_epochs(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill",
-                                    Runtime(torch.device("cpu")), checkpoint=tmp_path / "student.pt",
-                                    evaluate=lambda: {"dev_accuracy": next(scores)}, keep_best=True)
+        phase = distill.Phase("distill", 3, 0.1, checkpoint="student.pt",
+                              evaluate=lambda: {"dev_accuracy": next(scores)}, keep_best=True)
+        kept = distill.train_epochs(model, rows_loss, train, phase,
+                                    distill.TrainContext(cfg, lambda m: None, Runtime(torch.device("cpu")), tmp_path))
         return kept, model.state_dict(), after
 
     kept, weights, after = run(resume=False, stop_after=None)
