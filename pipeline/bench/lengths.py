@@ -30,7 +30,8 @@ import numpy as np
 
 from pipeline.bench.candidates import artifact_candidates, compare_label, model_files, static_length
 from pipeline.core.errors import PipelineError
-from pipeline.core.shapes import synthetic_row
+from pipeline.core.shapes import synthetic_row, trim
+from pipeline.core.tokenization import encode
 
 SWEEP = (8, 16, 32, 64, 128)
 MEMORY_SHORT = 16
@@ -82,8 +83,6 @@ def _length_row(length: int, vocab_size: int, cls_id: int, sep_id: int) -> dict[
 
 def write_workload(model, texts: list[str], max_lengths: set[int], scratch: Path) -> dict[int, str]:
     """The eval texts encoded (padded) at each max_length in play; the worker cuts them to their real length."""
-    from pipeline.core.tokenization import encode
-
     paths = {}
     for m in sorted(max_lengths):
         e = encode(model.tokenizer, texts, m)
@@ -102,8 +101,6 @@ def write_length_inputs(length: int, vocab_size: int, cls_id: int, sep_id: int, 
 
 def sweep_worker(job: dict, runners: dict, gap_s: float) -> dict:
     """In the worker process: every (file, length) pair and the workload, interleaved; raw latencies back."""
-    from pipeline.core.shapes import trim
-
     clock = time.process_time if job.get("clock") == "cpu" else time.perf_counter
     names = list(runners)
     maxima = {n: int(runners[n].max_length or job["max_lengths"][n]) for n in names}

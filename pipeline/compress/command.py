@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from pipeline.core.config import CompressConfig
 from pipeline.core.console import Progress
-from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
+from pipeline.core.data import (DEFAULT_LABELS, LabeledTexts, _read_rows, load_labeled_file, load_small_fine_foods,
+                                packaged_labels)
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import paired_accuracy_gap, teacher_agreement
 from pipeline.model.albert import ExportAlbert
@@ -175,8 +176,6 @@ def load_compress_data(cfg: CompressConfig, label_names: list[str] | None) -> tu
 
 
 def _label_names_from(path: str, cfg: CompressConfig) -> list[str]:
-    from pipeline.core.data import _read_rows, packaged_labels
-
     names = packaged_labels(path)  # a packaged data set (bbc_news:train) has its own label names
     if names:
         return names

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.model.recurrent import make_recurrent
+
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 MASK_VALUE = -1e4  # additive mask; exp(-1e4) underflows to exactly 0 in fp32 like HF's finfo.min
 
@@ -290,8 +292,6 @@ class ExportAlbert(nn.Module):
         self.classifier = nn.Linear(spec.hidden_size, spec.num_labels)
         self.recurrent: nn.Module | None = None
         if spec.recurrent is not None:
-            from pipeline.model.recurrent import make_recurrent
-
             self.recurrent = make_recurrent(spec.recurrent, spec.embedding_size)
         selector = torch.zeros(spec.max_position_embeddings)
         selector[0] = 1.0
