@@ -21,7 +21,7 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Sequence lengths (`--max-length`, the main table): inputs padded to that length. At a length other than the
   folder's own, only eager and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt
   with `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
-- Latency against length (issue 14, pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
+- Latency against length (pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
   max_length, and the "workload" (eval texts at their real lengths), all files in one interleaved worker,
   beside a `--static DIR` folder's files; the variable-length targets as ratios; peak memory at 16 tokens and
   at max_length. `--lengths none` skips it.

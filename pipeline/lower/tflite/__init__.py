@@ -90,7 +90,7 @@ def lower_tflite(job: TFLiteJob, workdir: Path, hooks: Hooks | None = None) -> l
     dynamic = shapes == "dynamic"
     if dynamic and config.converter != "onnx2tf":
         raise PipelineError('[build] shapes = "dynamic" needs the onnx2tf converter (litert-torch\'s dynamic shapes '
-                            'are reported broken for ALBERT, litert-torch issue 870); use shapes = "static"')
+                            'are reported broken for ALBERT by its maintainers); use shapes = "static"')
     if config.converter not in CONVERTERS:
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
