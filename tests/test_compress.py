@@ -349,7 +349,7 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
     assert card["hardware"]["processes"] == 2
 
 
-@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction"),
+@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev_fraction = 1.5"),
                                            (["--groups", "2", "--share", "none"], "--groups 2 needs --share all"),
                                            (["--groups", "4"], "--groups 4 exceeds the 3 layer calls")])
 def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, monkeypatch, args, message):
