@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.data import sha256_file
+from pipeline.core.shapes import real_length, real_lengths
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.verify.report import result_dict, write_reports
 from pipeline.core.stage import tool_versions
@@ -48,8 +49,6 @@ def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
 def golden_indices(encoded: Encoded, count: int) -> list[int]:
     """`count` eval rows spread over the lengths (shortest, quantiles, longest): golden vectors cover short and
     long texts; the first rows when all have one length."""
-    from pipeline.core.shapes import real_lengths
-
     lengths = real_lengths(encoded.attention_mask)
     order = np.argsort(lengths, kind="stable")
     if len(order) <= count or lengths.min() == lengths.max():
@@ -59,8 +58,6 @@ def golden_indices(encoded: Encoded, count: int) -> list[int]:
 
 
 def golden_cases(results: list[ArtifactResult], encoded: Encoded, texts: list[str], count: int) -> dict:
-    from pipeline.core.shapes import real_length
-
     ids_in = [r for r in results if r.artifact.runtime != "mediapipe"]  # MediaPipe twins take text
     dynamic = bool(ids_in) and all(r.artifact.details.get("shapes") == "dynamic" for r in ids_in)
     cases = []

@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory) -> dict[str, Path]:
-    """One real build per target of an ALBERT with vocab 30000 and E=128 (the issue's size case), 2 shared
+    """One real build per target of an ALBERT with vocab 30000 and E=128 (ALBERT-base's embedding table), 2 shared
     layers, max_length 32; the second target reuses the first one's lowered files from the stage cache.
 
     Under pytest-xdist every worker that runs a file using this builds its own folders, but the stage cache is

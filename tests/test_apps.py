@@ -80,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_fixture_bundle(out: Path, target: str) -> Path:
-    """A bundle folder that follows the artifact contract of DESIGN.md (schema_version 1).
+    """A bundle folder that follows the artifact contract (manifest schema_version 1, as pipeline/bundle.py writes it).
 
     Used where a test must break a bundle on purpose; the key checks run on real builds (`bundle`).
     """

@@ -21,7 +21,7 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Sequence lengths (`--max-length`, the main table): inputs padded to that length. At a length other than the
   folder's own, only eager and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt
   with `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
-- Latency against length (issue 14, pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
+- Latency against length (pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
   max_length, and the "workload" (eval texts at their real lengths), all files in one interleaved worker,
   beside a `--static DIR` folder's files; the variable-length targets as ratios; peak memory at 16 tokens and
   at max_length. `--lengths none` skips it.
@@ -48,6 +48,7 @@ from pipeline.bench.render import machine_info, plot, render_markdown, summary_l
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
 from pipeline.core.config import PipelineConfig, check_fields
+from pipeline.core.data import load_small_fine_foods
 from pipeline.core.errors import PipelineError
 from pipeline.core.options import BenchOptions
 from pipeline.core.provenance import find_model_dir
@@ -98,8 +99,6 @@ class BenchRun:
 
 def length_sweep(run: BenchRun, inputs: Path, known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
     """Latency against length, the workload figure and peak memory per file (pipeline/bench/lengths.py)."""
-    from pipeline.core.data import load_small_fine_foods
-
     o, folder, manifest, model, params = run.options, run.folder, run.manifest, run.model, run.params
     threads, runs, warmup, source, static, compare = o.threads, o.runs, run.warmup, run.source, run.static, run.compare
     scratch, log, notes = run.scratch, run.log, run.notes

@@ -17,8 +17,11 @@ from typing import Callable
 import numpy as np
 
 from pipeline.bench.candidates import INPUT_NAMES
+from pipeline.bench.lengths import sweep_worker
+from pipeline.bench.profile import profile_executorch, profile_ort
 from pipeline.core.console import attach_from_env, child_progress, progress
 from pipeline.core.errors import PipelineError
+from pipeline.runtimes import open_runner, set_threads
 
 Log = Callable[[str], None]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +120,6 @@ class _PeakMeter:
 
 
 def _open_all(candidates: list[dict], threads: int) -> tuple[dict, dict]:
-    from pipeline.runtimes import open_runner
-
     runners, load_ms = {}, {}
     for c in candidates:
         began = time.perf_counter()
@@ -129,8 +130,6 @@ def _open_all(candidates: list[dict], threads: int) -> tuple[dict, dict]:
 
 def _preload(kinds: set[str], threads: int) -> None:
     """Every thread knob set (the runtime layer) and every runtime imported before the memory baseline is read."""
-    from pipeline.runtimes import set_threads
-
     set_threads({RUNNER_OF_KIND[k] for k in kinds}, threads)
     if "executorch" in kinds:
         import executorch.kernels.quantized  # noqa: F401
@@ -167,15 +166,11 @@ def worker(job: dict) -> dict:
         return {"peak_delta_mb": round(peak, 2), "baseline_mb": round(baseline, 1), "method": meter.method}
 
     if job["mode"] == "lengths":  # latency against length and the workload, every file in this one process
-        from pipeline.bench.lengths import sweep_worker
-
         runners, _ = _open_all(candidates, threads)
         return sweep_worker(job, runners, IDLE_GAP_S if threads > 1 else 0.0)
 
     if job["mode"] == "profile":
         scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=Path(job["result_path"]).parent))
-        from pipeline.bench.profile import profile_executorch, profile_ort
-
         return {c["name"]: (profile_executorch(c, rows, scratch) if c["kind"] == "executorch"
                             else profile_ort(c, rows, threads, scratch)) for c in candidates}
 
