@@ -16,6 +16,10 @@ from pipeline.core.config import (TARGETS, CompressConfig, PipelineConfig, Thres
                                   load_config)
 from pipeline.core.errors import DriftError, PipelineError  # noqa: F401
 from pipeline.core.options import Arm64Options, BenchOptions, BuildOptions, CompressOptions, ValidateOptions
+from pipeline.bench import bench as run_bench
+from pipeline.gate.validate import validate_folder
+from pipeline.verify.arm64.emulate import require_env
+from pipeline.verify.arm64.env import provision
 
 Log = Callable[[str], None]
 RUNTIMES = ("executorch", "litert")
@@ -37,8 +41,6 @@ def check_build_options(options: BuildOptions) -> None:
             raise PipelineError(f"unknown target {target!r}; choose android, ios or all")
     if options.arm64 is not None:
         check_fields(options.arm64, "arm64")
-        from pipeline.verify.arm64.emulate import require_env
-
         require_env()
 
 
@@ -70,14 +72,10 @@ def build(options: BuildOptions, log: Log = print) -> list[Path]:
 def validate(options: ValidateOptions, log: Log = print) -> int:
     """The drift gate over an artifact folder: 0, or DriftError (exit 1) / PipelineError (exit 2)."""
     check_fields(options, "validate")
-    from pipeline.gate.validate import validate_folder
-
     return validate_folder(options, log)
 
 
 def bench(options: BenchOptions, log: Log = print) -> int:
-    from pipeline.bench import bench as run_bench
-
     def rebuild(config: PipelineConfig, rebuild_log: Log) -> Path:
         from pipeline.build import build as build_target
 
@@ -100,8 +98,6 @@ def compress(options: CompressOptions, log: Log = print) -> Path:
 
 def arm64_setup(log: Log = print) -> None:
     """Provision the ARM64 emulation environment (idempotent)."""
-    from pipeline.verify.arm64.env import provision
-
     provision(log)
 
 

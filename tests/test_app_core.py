@@ -33,7 +33,7 @@ import pytest
 from apps_support import run_core, varied_texts
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-SP_MAX_LENGTH = 24  # not 32: S == H (the tiny hidden size) makes onnx2tf transpose wrongly (TOOLCHAIN.md)
+SP_MAX_LENGTH = 24  # not 32: S == H (the tiny hidden size) makes onnx2tf transpose wrongly into a wrong file
 # besides golden.json's texts: every length from 1 token up, non-ASCII, and one longer than max_length (truncated)
 EXTRA_TEXTS = ["", "a", "good", "Great tea!", "Café Crème naïve — not bad at all", "日本茶 😀\tand\nmore",
                "the best tea i ever bought, would buy again " * 6]

@@ -29,19 +29,7 @@ FORBIDDEN = {("verify", "lower")}  # below verify in the order, and still not it
 
 # Function-level imports that defer nothing, in files edited elsewhere at the time of writing: each entry goes with
 # its fix (the import moves to the top of its file). The test fails on any other, and on an entry no longer found.
-PENDING_DEFERRALS = {
-    ("pipeline/api.py", "pipeline.verify.arm64.emulate"), ("pipeline/api.py", "pipeline.gate.validate"),
-    ("pipeline/api.py", "pipeline.bench"), ("pipeline/api.py", "pipeline.verify.arm64.env"),
-    ("pipeline/build.py", "pipeline.formats.mediapipe"),
-    ("pipeline/gate/fallback.py", "pipeline.runtimes"),
-    ("pipeline/gate/folder.py", "pipeline.core.tokenization"),
-    ("pipeline/gate/folder.py", "pipeline.runtimes.contained"),
-    ("pipeline/gate/folder.py", "pipeline.runtimes.mediapipe"),
-    ("pipeline/gate/validate.py", "pipeline.verify.arm64.emulate"),
-    ("pipeline/gate/validate.py", "pipeline.verify.tokenizer_drift"),
-    ("pipeline/runtimes/worker.py", "pipeline.runtimes"), ("pipeline/runtimes/worker.py", "pipeline.core.console"),
-    ("pipeline/runtimes/worker.py", "pipeline.core.errors"),
-}
+PENDING_DEFERRALS: set[tuple[str, str]] = set()
 
 # Third-party libraries whose import costs seconds or memory (or that only some machines have installed).
 HEAVY = {"torch", "torchao", "tensorflow", "tf_keras", "executorch", "transformers", "safetensors", "onnx",

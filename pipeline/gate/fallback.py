@@ -38,6 +38,7 @@ from pipeline.lower.trace import trace
 from pipeline.bundle import replace_folder
 from pipeline.verify.report import result_dict
 from pipeline.verify.validation import ArtifactResult, Evidence, evaluate
+from pipeline.runtimes import open_runner
 
 Log = Callable[[str], None]
 WORD_EMBEDDING = "albert.embeddings.word_embeddings"
@@ -197,8 +198,6 @@ def fallback_artifact(fb: Fallback, result: ArtifactResult, localization: Locali
 
 
 def _golden_update(path: Path, artifact: Artifact, limits) -> None:
-    from pipeline.runtimes import open_runner
-
     golden = json.loads(path.read_text())
     runner = open_runner(artifact.path, artifact.runtime, [t.name for t in artifact.inputs])
     for case in golden.get("cases", []):

@@ -20,6 +20,9 @@ from pipeline.core.artifact import Artifact, read_manifest
 from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.core.errors import PipelineError
 from pipeline.core.provenance import find_data_file, find_model_dir
+from pipeline.core.tokenization import encode, tokenizer_files
+from pipeline.runtimes.contained import FileJob
+from pipeline.runtimes.mediapipe import TEXT_INPUT
 
 Log = Callable[[str], None]
 MODEL_SUFFIXES = (".pte", ".tflite")
@@ -110,8 +113,6 @@ def load_calibration(manifest: dict, calibration_data: str | None, label_names: 
 
 def check_app_files(folder: Path, manifest: dict, model) -> None:
     """labels.json is the model's labels in the model's order; the tokenizer files are the checkpoint's own."""
-    from pipeline.core.tokenization import tokenizer_files
-
     labels_path = folder / str(manifest.get("labels") or "labels.json")
     try:
         labels = json.loads(labels_path.read_text())
@@ -132,10 +133,6 @@ def check_app_files(folder: Path, manifest: dict, model) -> None:
 def golden_jobs(folder: Path, artifacts: list[Artifact], model, max_length: int):
     """golden.json's cases, checked against the tokenizer, as run jobs for every file (ids in, or text in)."""
     import numpy as np
-
-    from pipeline.core.tokenization import encode
-    from pipeline.runtimes.contained import FileJob
-    from pipeline.runtimes.mediapipe import TEXT_INPUT
 
     path = folder / "golden.json"
     try:
