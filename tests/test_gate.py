@@ -203,8 +203,13 @@ def test_unknown_runtime_in_manifest_is_exit_2(folder):
     assert "(executorch): PASS" not in out
 
 
-def test_runtime_that_cannot_be_imported_is_exit_2(folder, monkeypatch):
-    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import executorch.runtime -> ImportError
+def test_runtime_that_cannot_be_imported_is_exit_2(folder, tmp_path, monkeypatch):
+    """The files run in a child process: there, executorch is shadowed by a package whose import fails, as on a
+    machine where the runtime is not installed."""
+    shadow = tmp_path / "shadow" / "executorch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named \'executorch.runtime\'")\n')
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     code, out, err = _run(["validate", "--artifacts", str(folder)])
     assert code == 2 and "ExecuTorch runtime is not installed" in err and "albert.int8.pte" in err
     assert "(executorch): PASS" not in out

@@ -35,7 +35,7 @@ class ValidateOptions:
     artifacts: str | Path = "artifacts/android"
     model_dir: str | Path | None = None  # default: the checkpoint the manifest names (proven by its hash)
     eval_data: str | Path | None = None  # default: as recorded in the manifest
-    eval_limit: int | None = field(default=None, metadata={"min": 1, "max": 10_000_000})
+    eval_limit: int | None = field(default=None, metadata={"min": 0, "max": 10_000_000})
     calibration_data: str | Path | None = None  # for localization and auto_fallback (default: the manifest's)
     thresholds: str | Path | ThresholdConfig | None = None  # a TOML file, a ThresholdConfig, or the defaults
     report_dir: str | Path | None = None  # default: the artifact folder
