@@ -17,3 +17,4 @@ dependencyResolutionManagement {
 rootProject.name = "AlbertDemo"
 include(":app")
 include(":tokenizer")
+include(":core")

@@ -17,6 +17,10 @@ from pipeline.core.config import (TARGETS, CompressConfig, PipelineConfig, Thres
 from pipeline.core.errors import DriftError, PipelineError  # noqa: F401
 from pipeline.core.paths import check_output_folder
 from pipeline.core.options import Arm64Options, BenchOptions, BuildOptions, CompressOptions, ValidateOptions
+from pipeline.bench import bench as run_bench
+from pipeline.gate.validate import validate_folder
+from pipeline.verify.arm64.emulate import require_env
+from pipeline.verify.arm64.env import provision
 
 Log = Callable[[str], None]
 RUNTIMES = ("executorch", "litert")
@@ -43,8 +47,6 @@ def check_build_options(options: BuildOptions) -> None:
     check_output_folder(b.cache_dir, "stage cache folder")
     if options.arm64 is not None:
         check_fields(options.arm64, "arm64")
-        from pipeline.verify.arm64.emulate import require_env
-
         require_env()
 
 
@@ -76,14 +78,10 @@ def build(options: BuildOptions, log: Log = print) -> list[Path]:
 def validate(options: ValidateOptions, log: Log = print) -> int:
     """The drift gate over an artifact folder: 0, or DriftError (exit 1) / PipelineError (exit 2)."""
     check_fields(options, "validate")
-    from pipeline.gate.validate import validate_folder
-
     return validate_folder(options, log)
 
 
 def bench(options: BenchOptions, log: Log = print) -> int:
-    from pipeline.bench import bench as run_bench
-
     def rebuild(config: PipelineConfig, rebuild_log: Log) -> Path:
         from pipeline.build import build as build_target
 
@@ -108,8 +106,6 @@ def compress(options: CompressOptions, log: Log = print) -> Path:
 
 def arm64_setup(log: Log = print) -> None:
     """Provision the ARM64 emulation environment (idempotent)."""
-    from pipeline.verify.arm64.env import provision
-
     provision(log)
 
 

@@ -31,6 +31,7 @@ from pipeline.core.errors import DriftError, PipelineError
 from pipeline.core.shapes import ShapeContract, check_shapes, sweep_rows
 from pipeline.core.stage import ARRAY, ARTIFACTS, JSON, OUTPUTS, Context, Stage, StageTimer, run_cached
 from pipeline.core.tokenization import Encoded, clean_text, encode
+from pipeline.formats.mediapipe import device_tokenizer
 from pipeline.lower.executorch import executorch_file
 from pipeline.lower.mediapipe import SUFFIX as MEDIAPIPE_SUFFIX, make_files
 from pipeline.lower.tflite import Hooks, TFLiteJob, lower_tflite
@@ -144,8 +145,6 @@ def cached_outputs(bc: BuildContext):
 
 def drift_stage(bc: BuildContext, texts: list[str]) -> Stage[dict]:
     """The MediaPipe tokenizer's drift from the reference tokenizer (cached by tokenizer file + texts)."""
-    from pipeline.formats.mediapipe import device_tokenizer
-
     model, max_length = bc.model, bc.config.build.max_length
     tokenizer = device_tokenizer(model.model_dir)
     return Stage("drift", [model.source_sha256, sha256_file(tokenizer.path), tokenizer.kind, max_length, texts],

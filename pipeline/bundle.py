@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.data import sha256_file
+from pipeline.core.shapes import real_length, real_lengths
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.verify.report import result_dict, write_reports
 from pipeline.core.stage import tool_versions
 from pipeline.verify.validation import ArtifactResult, Evidence
-from pipeline.core.tokenization import Encoded, tokenizer_files
+from pipeline.core.tokenization import Encoded, tokenizer_files, tokenizer_info
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,27 +30,9 @@ APP_MODEL_DIRS = {
 }
 
 
-def tokenizer_info(model: LoadedModel, max_length: int) -> dict:
-    data = json.loads((model.model_dir / "tokenizer.json").read_text()) if (model.model_dir / "tokenizer.json").is_file() else {}
-    kind = {"WordPiece": "wordpiece", "Unigram": "sentencepiece"}.get(data.get("model", {}).get("type"), "unknown")
-    return {
-        "kind": kind,
-        "file": "tokenizer.json",
-        "max_length": max_length,
-        "lowercase": bool(getattr(model.tokenizer, "do_lower_case", False) or
-                          (data.get("normalizer") or {}).get("lowercase", False)),
-        "pad_id": model.tokenizer.pad_token_id,
-        "cls_id": model.tokenizer.cls_token_id,
-        "sep_id": model.tokenizer.sep_token_id,
-        "unk_id": model.tokenizer.unk_token_id,
-    }
-
-
 def golden_indices(encoded: Encoded, count: int) -> list[int]:
     """`count` eval rows spread over the lengths (shortest, quantiles, longest): golden vectors cover short and
     long texts; the first rows when all have one length."""
-    from pipeline.core.shapes import real_lengths
-
     lengths = real_lengths(encoded.attention_mask)
     order = np.argsort(lengths, kind="stable")
     if len(order) <= count or lengths.min() == lengths.max():
@@ -59,8 +42,6 @@ def golden_indices(encoded: Encoded, count: int) -> list[int]:
 
 
 def golden_cases(results: list[ArtifactResult], encoded: Encoded, texts: list[str], count: int) -> dict:
-    from pipeline.core.shapes import real_length
-
     ids_in = [r for r in results if r.artifact.runtime != "mediapipe"]  # MediaPipe twins take text
     dynamic = bool(ids_in) and all(r.artifact.details.get("shapes") == "dynamic" for r in ids_in)
     cases = []

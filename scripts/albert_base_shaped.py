@@ -1,9 +1,9 @@
-"""An albert-base-shaped checkpoint for the gate (issue 14, item 2): 12 layers, E=128, H=768, 12 heads, intermediate
+"""An albert-base-shaped checkpoint for the gate: 12 layers, E=128, H=768, 12 heads, intermediate
 3072, vocab 30000, a SentencePiece tokenizer (spiece.model, AlbertTokenizer) and 3 labels, plus a 3-label eval CSV.
 
     python scripts/albert_base_shaped.py OUT_DIR        # writes OUT_DIR/model and OUT_DIR/eval3.csv
     python -m pipeline build --target android --model OUT_DIR/model --eval-data OUT_DIR/eval3.csv \\
-        --eval-limit 100 --no-copy-to-apps --out /tmp/base12
+        --eval-limit 100 --no-copy-to-apps --out OUT_DIR/build
 
 The encoder weights are random. Its classifier is a ridge linear probe on the pooled output, fitted on 900 generated
 texts whose label follows from their words (positive / negative / neutral word groups), so predictions follow the

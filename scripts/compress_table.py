@@ -1,7 +1,7 @@
 """Print the README's compression table from the model cards that `pipeline compress` wrote.
 
     python scripts/compress_table.py pipeline/assets/default_model compressed/no_sharing compressed/no_factorization
-    python scripts/compress_table.py --ablation compressed/r1_baseline compressed/r2_hidden1 ...   # issue 16's table
+    python scripts/compress_table.py --ablation compressed/r1_baseline compressed/r2_hidden1 ...   # the recipe ablation table
 """
 from __future__ import annotations
 

@@ -1,15 +1,30 @@
-"""Shared helpers of the demo-app tests: where the app tools live, and the varied texts tokenizers are checked on."""
+"""Shared helpers of the demo-app tests: where the app tools live, the Kotlin modules compiled once (cached by
+source hash), and the varied texts tokenizers are checked on."""
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
+import json
 import os
 import random
 import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ANDROID_DEMO = REPO / "android_demo"
 IOS_DEMO = REPO / "ios_demo"
 KOTLIN_TOKENIZER_SRC = ANDROID_DEMO / "tokenizer" / "src" / "main" / "kotlin"
+KOTLIN_CORE_SRC = ANDROID_DEMO / "core" / "src" / "main" / "kotlin"
+KOTLIN_CORE_CLI_SRC = ANDROID_DEMO / "core" / "src" / "test" / "kotlin"  # AppCoreCli: the core on the JVM, for tests
+KOTLIN_CORE_PACKAGE = KOTLIN_CORE_SRC / "org" / "pipeline" / "demo" / "core"
+SWIFT_CORE = IOS_DEMO / "AlbertDemo" / "Core"
+# Everything the tests run on the JVM, in one jar: the tokenizer module, the core module, the core's CLI.
+KOTLIN_JAR_SOURCES = (KOTLIN_TOKENIZER_SRC, KOTLIN_CORE_SRC, KOTLIN_CORE_CLI_SRC)
+KOTLIN_JARS_KEPT = 8
 KOTLIN_COMPILER_VERSION = "2.4.20"
 INSTALL_SCRIPT = REPO / ".ci" / "install_app_tools.sh"
 
@@ -37,6 +52,69 @@ def kotlin_stdlib(kotlinc: Path) -> Path:
     if not jar.is_file():
         raise FileNotFoundError(f"kotlin-stdlib.jar not found next to {kotlinc} (expected {jar})")
     return jar
+
+
+# ---------------------------------------------------------------------------------------------- compiled Kotlin
+
+def _jar_key(kotlinc: Path, sources: list[Path]) -> str:
+    digest = hashlib.sha256(f"{KOTLIN_COMPILER_VERSION}\0{kotlinc.resolve()}\0".encode())
+    for path in sources:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=None)
+def kotlin_jar() -> tuple[Path, Path]:
+    """(jar, kotlin-stdlib.jar): the tokenizer module, the core module and the core's CLI compiled by kotlinc.
+
+    kotlinc takes 6 to 50 s, so the jar is kept in the tools dir under a hash of the compiler and of every source
+    (path and bytes): compiled once per change of the sources, shared by the session's tests and its pytest-xdist
+    workers (a file lock), reused by the next session. A missing kotlinc or java is a failure, never a skip: the
+    acceptance criterion is that CI runs these checks."""
+    kotlinc = find_kotlinc()
+    if kotlinc is None:
+        pytest.fail(
+            f"kotlinc not found (looked at $KOTLINC, {tools_dir()}/node_modules/kotlin-compiler/bin/kotlinc and PATH). "
+            f"Install it with `bash {INSTALL_SCRIPT.relative_to(REPO)}` "
+            f"(npm kotlin-compiler@{KOTLIN_COMPILER_VERSION}) or set KOTLINC=/path/to/kotlinc."
+        )
+    if shutil.which("java") is None:
+        pytest.fail("java not found on PATH: kotlinc and the compiled Kotlin need a JDK (17 or newer)")
+    sources = sorted(p for root in KOTLIN_JAR_SOURCES for p in root.rglob("*.kt"))
+    assert sources, f"no Kotlin sources under {KOTLIN_JAR_SOURCES}"
+    jars = tools_dir() / "kotlin-jars"
+    jars.mkdir(parents=True, exist_ok=True)
+    jar = jars / f"app-{_jar_key(kotlinc, sources)}.jar"
+    with open(jars / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not jar.is_file():
+            partial = jar.with_suffix(f".{os.getpid()}.partial.jar")
+            result = subprocess.run([str(kotlinc), *map(str, sources), "-d", str(partial)],
+                                    capture_output=True, text=True, timeout=900)
+            assert result.returncode == 0 and partial.is_file(), f"kotlinc failed:\n{result.stdout}\n{result.stderr}"
+            os.replace(partial, jar)
+            for old in sorted(jars.glob("app-*.jar"), key=lambda p: p.stat().st_mtime)[:-KOTLIN_JARS_KEPT]:
+                old.unlink(missing_ok=True)
+    return jar, kotlin_stdlib(kotlinc)
+
+
+def run_jvm(main_class: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    jar, stdlib = kotlin_jar()
+    return subprocess.run(["java", "-cp", f"{jar}:{stdlib}", main_class, *args], capture_output=True, timeout=timeout)
+
+
+CORE_CLI_CLASS = "org.pipeline.demo.core.AppCoreCliKt"
+
+
+def run_core(command: str, request: dict, workdir: Path, expect_ok: bool = True):
+    """One AppCoreCli command on `request`: its JSON answer (or, with expect_ok=False, the finished process)."""
+    path = Path(workdir) / f"request-{command}-{len(list(Path(workdir).glob('request-*')))}.json"
+    path.write_text(json.dumps(request), encoding="utf-8")
+    result = run_jvm(CORE_CLI_CLASS, [command, str(path)])
+    if not expect_ok:
+        return result
+    assert result.returncode == 0, f"AppCoreCli {command} failed:\n{result.stderr.decode('utf-8', 'replace')}"
+    return json.loads(result.stdout.decode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------- texts

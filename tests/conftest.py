@@ -11,8 +11,8 @@ from tiny import write_tiny_albert  # noqa: E402
 
 # The slowest files first, so that with `-n 2 --dist loadfile` (pytest-xdist) neither worker is left alone with a
 # long file at the end. (`--dist loadgroup` does not group with pytest 9.2 + xdist 3.8: measured, every test spread.)
-SLOW_FIRST = ("test_robustness", "test_gate", "test_gate_hardening", "test_arm64", "test_build", "test_apps", "test_bench",
-              "test_reproducible", "test_tflite", "test_recurrent", "test_disk_errors")
+SLOW_FIRST = ("test_robustness", "test_gate", "test_gate_hardening", "test_arm64", "test_build", "test_app_core", "test_apps",
+              "test_bench", "test_reproducible", "test_tflite", "test_recurrent", "test_disk_errors")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory) -> dict[str, Path]:
-    """One real build per target of an ALBERT with vocab 30000 and E=128 (the issue's size case), 2 shared
+    """One real build per target of an ALBERT with vocab 30000 and E=128 (ALBERT-base's embedding table), 2 shared
     layers, max_length 32; the second target reuses the first one's lowered files from the stage cache.
 
     Under pytest-xdist every worker that runs a file using this builds its own folders, but the stage cache is

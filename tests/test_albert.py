@@ -31,7 +31,7 @@ def random_configs(count: int, seed: int = 0) -> list[dict]:
             hidden_act=rng.choice(["gelu", "gelu_new", "relu"]),
             seed=index,
         ))
-    # the cases the issue names explicitly
+    # one shared group and two, four layers each: sharing by group
     configs.append(dict(embedding_size=16, hidden_size=32, num_hidden_groups=1, num_hidden_layers=4, seed=91))
     configs.append(dict(embedding_size=16, hidden_size=32, num_hidden_groups=2, num_hidden_layers=4, seed=92))
     configs.append(dict(embedding_size=32, hidden_size=32, num_hidden_groups=1, num_hidden_layers=2, seed=93))

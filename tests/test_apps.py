@@ -1,7 +1,7 @@
 """The demo apps read only keys and files a built bundle has.
 
 Both apps declare every manifest.json / golden.json key path and asset path they read in one file
-(android_demo/.../ManifestKeys.kt, ios_demo/AlbertDemo/ManifestKeys.swift). This test parses those files and
+(android_demo/core/.../ManifestKeys.kt, ios_demo/AlbertDemo/Core/ManifestKeys.swift). This test parses those files and
 checks each path against a bundle folder (artifacts/<target>/), for both targets: a key the pipeline renames or
 drops fails here instead of in the app on a phone.
 """
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from apps_support import ANDROID_DEMO, IOS_DEMO
+from apps_support import ANDROID_DEMO, IOS_DEMO, KOTLIN_CORE_PACKAGE, KOTLIN_CORE_SRC, SWIFT_CORE
 
-KOTLIN_KEYS = ANDROID_DEMO / "app" / "src" / "main" / "kotlin" / "org" / "pipeline" / "demo" / "ManifestKeys.kt"
-SWIFT_KEYS = IOS_DEMO / "AlbertDemo" / "ManifestKeys.swift"
-KOTLIN_APP_SOURCES = ANDROID_DEMO / "app" / "src" / "main" / "kotlin"
-SWIFT_APP_SOURCES = IOS_DEMO / "AlbertDemo"
+KOTLIN_KEYS = KOTLIN_CORE_PACKAGE / "ManifestKeys.kt"
+SWIFT_KEYS = SWIFT_CORE / "ManifestKeys.swift"
+# the code that reads the keys: the app and its core module (Android), the app folder with its Core/ (iOS)
+KOTLIN_APP_SOURCES = (ANDROID_DEMO / "app" / "src" / "main" / "kotlin", KOTLIN_CORE_SRC)
+SWIFT_APP_SOURCES = (IOS_DEMO / "AlbertDemo",)
 # where `pipeline build` copies artifacts/<target>/ (the lead's bundle stage; gitignored in each app)
 APP_MODEL_DIRS = {
     "android": ANDROID_DEMO / "app" / "src" / "main" / "assets" / "model",
@@ -65,9 +66,9 @@ def swift_constants() -> dict[str, dict[str, str]]:
     )
 
 
-def _app_sources(root: Path, suffix: str, keys_file: Path) -> str:
+def _app_sources(roots: tuple[Path, ...], suffix: str, keys_file: Path) -> str:
     """The app's code without the keys file and without comments (Kotlin and Swift share // and /* */)."""
-    code = "\n".join(p.read_text() for p in sorted(root.rglob(f"*{suffix}")) if p != keys_file)
+    code = "\n".join(p.read_text() for root in roots for p in sorted(root.rglob(f"*{suffix}")) if p != keys_file)
     code = re.sub(r"/\*.*?\*/", "", code, flags=re.S)
     return re.sub(r"//[^\n]*", "", code)
 
@@ -79,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_fixture_bundle(out: Path, target: str) -> Path:
-    """A bundle folder that follows the artifact contract of DESIGN.md (schema_version 1).
+    """A bundle folder that follows the artifact contract (manifest schema_version 1, as pipeline/bundle.py writes it).
 
     Used where a test must break a bundle on purpose; the key checks run on real builds (`bundle`).
     """
@@ -238,9 +239,9 @@ def test_both_apps_read_the_same_keys():
 def test_every_declared_key_is_used_and_no_key_is_spelled_elsewhere(app):
     """The keys file is the complete list of what the app reads: each constant is used, and app code has no
     manifest key path literal of its own."""
-    parse, root, suffix, keys_file = APPS[app]
+    parse, roots, suffix, keys_file = APPS[app]
     constants = parse()
-    code = _app_sources(root, suffix, keys_file)
+    code = _app_sources(roots, suffix, keys_file)
     unused = []
     for group in GROUPS:
         for name, value in constants[group].items():

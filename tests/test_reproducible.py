@@ -1,4 +1,4 @@
-"""Two cold builds of the same inputs on one machine give byte-identical files (issue 17, item 6).
+"""Two cold builds of the same inputs on one machine give byte-identical files.
 
 Measured before the fix: two `--no-cache` builds in two processes wrote int8 .pte files that differed in 240 bytes
 (tiny model) / 1,874 bytes (default model): ExecuTorch serializes the int8 program's quantization scales in

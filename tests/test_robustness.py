@@ -1,4 +1,4 @@
-"""Robustness of `python -m pipeline build` (issue 7), always through real `python -m pipeline` processes.
+"""Robustness of `python -m pipeline build`, always through real `python -m pipeline` processes.
 
 1. bad input -> exit 2, exactly one "error: <path>: <problem>" line, nothing written to the out folder
 2. a build interrupted mid-lowering (SIGINT, SIGKILL) leaves the previous artifact folder intact and valid
@@ -222,7 +222,7 @@ def _bad_cases(ws: Workspace) -> dict[str, tuple[list[str], Path, str, list[str]
         out = out or root / name / "out"
         cases[name] = (ws.cli_args(model, out, *extra), out, str(path_text), words)
 
-    # the cases the issue lists, each in its own `python -m pipeline build` process
+    # each bad input in its own `python -m pipeline build` process
     case("missing_model_dir", root / "no_such_model", root / "no_such_model", ["not found"])
     case("bert_checkpoint", bert, bert / "config.json", ["not ALBERT", "compress"])
     case("truncated_weights", truncated, weights, ["corrupt or truncated"])

@@ -1,7 +1,7 @@
 """The TFLite stage with the real toolchain (torch.onnx -> onnx2tf -> TF converter -> LiteRT) on tiny ALBERTs.
 
 Each conversion takes ~25-45 s on 2 shared cores, so every case below is one conversion and covers one of the
-known traps of ../shared/TOOLCHAIN.md: max_length == embedding_size, no token_type_ids input, 3 labels,
+known traps of the toolchain: max_length == embedding_size, no token_type_ids input, 3 labels,
 max_length 64 (== intermediate_size: onnx2tf's strict mode) and 256, the size rule at vocab 30000, and the
 onnxslim + folded-constant trap reproduced on purpose to show that a wrong file is refused, never returned.
 """

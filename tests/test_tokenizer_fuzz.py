@@ -1,4 +1,4 @@
-"""Property tests of pipeline.core.tokenization.encode over arbitrary Unicode (issue 7, item 5).
+"""Property tests of pipeline.core.tokenization.encode over arbitrary Unicode.
 
 Three real tokenizers, loaded the way the build loads them (pipeline.core.tokenization.load_tokenizer):
   - tiny-wordpiece: the tiny WordPiece vocabulary of tests/tiny.py

@@ -1,4 +1,4 @@
-"""Variable-length artifacts (issue 14) on tiny ALBERTs with the real toolchains: a dynamic artifact of each runtime
+"""Variable-length artifacts on tiny ALBERTs with the real toolchains: a dynamic artifact of each runtime
 runs at lengths never used at export time and matches eager; a length above the maximum is refused by the
 project's runners with a one-line PipelineError; a static file keeps working through the same runner (padded)."""
 from __future__ import annotations

@@ -34,7 +34,7 @@ android {
 }
 
 dependencies {
-    implementation(project(":tokenizer"))
+    implementation(project(":core")) // with :tokenizer (an api dependency of :core)
     implementation(libs.executorch.android)
     implementation(libs.litert)
     implementation(libs.mediapipe.tasks.text) // MediaPipe mode: TextClassifier on the .mediapipe.tflite files

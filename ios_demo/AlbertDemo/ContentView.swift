@@ -23,43 +23,49 @@ final class DemoModel: ObservableObject {
             self.tokenizer = tokenizer
             selectedPath = bundle.files.first?.path ?? ""
             status = "Self-check against golden.json running…"
-            let results = await Task.detached { SelfCheck(bundle: bundle, tokenizer: tokenizer).run() }.value
+            let results = await Task.detached { () -> [CheckResult] in
+                do {
+                    return try SelfCheck(bundle: bundle).run(
+                        encode: { tokenizer.encode($0, maxLength: $1, pad: $2) },
+                        open: { try Runners.open($0, in: bundle) })
+                } catch {
+                    return [CheckResult(subject: bundle.goldenFile, passed: false, detail: error.localizedDescription)]
+                }
+            }.value
             checks = results
-            status = results.allSatisfy(\.passed) ? "Self-check PASSED" : "Self-check FAILED"
+            status = results.allSatisfy(\.passed) ? SelfCheck.passedTitle : SelfCheck.failedTitle
         } catch {
             status = "Cannot load the bundled model: \(error.localizedDescription)"
         }
     }
 
+    /// Views and clocks only: the inputs, the runtime choice, the probabilities and the label are the core's.
     func classify() {
         guard let bundle, let tokenizer, let file = bundle.files.first(where: { $0.path == selectedPath }) else { return }
         do {
             let runner = try runners[file.path] ?? Runners.open(file, in: bundle)
             runners[file.path] = runner
             let start = DispatchTime.now().uptimeNanoseconds
-            if runner.takesText {
-                // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (MediaPipeRunner.swift)
-                let prepared = MediaPipeText.normalize(text, tokenizerKind: bundle.tokenizerKind)
-                let normalized = DispatchTime.now().uptimeNanoseconds
-                let probs = try runner.classify(prepared)
-                let done = DispatchTime.now().uptimeNanoseconds
-                probabilities = zip(bundle.labels, probs).map { (label: $0.0, value: Double($0.1)) }
-                latency = String(format: "normalize %.2f ms · classify(text) %.2f ms",
-                                 Double(normalized - start) / 1e6, Double(done - normalized) / 1e6)
+            let result: Prediction
+            let steps: String
+            let prepared: DispatchTime
+            if try Runtime.of(file).takesText {
+                // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (Core/Prediction.swift)
+                let text = MediaPipeText.normalize(self.text, tokenizerKind: bundle.tokenizerKind)
+                prepared = DispatchTime.now()
+                result = Prediction.fromProbabilities(try runner.classify(text), labels: bundle.labels)
+                steps = "normalize %.2f ms · classify(text) %.2f ms"
             } else {
                 let encoding = tokenizer.encode(text, maxLength: bundle.tokenizerMaxLength, pad: !bundle.dynamicLength)
-                let tokenized = DispatchTime.now().uptimeNanoseconds
-                let logits = try runner.run(encoding)
-                let done = DispatchTime.now().uptimeNanoseconds
-                let top = logits.max() ?? 0
-                let exps = logits.map { exp(Double($0 - top)) }
-                let sum = exps.reduce(0, +)
-                probabilities = zip(bundle.labels, exps).map { (label: $0.0, value: $0.1 / sum) }
-                latency = String(format: "tokenize %.2f ms · inference %.2f ms",
-                                 Double(tokenized - start) / 1e6, Double(done - tokenized) / 1e6)
+                prepared = DispatchTime.now()
+                result = Prediction.fromLogits(try runner.forward(bundle.inputs(file, encoding)), labels: bundle.labels)
+                steps = "tokenize %.2f ms · inference %.2f ms"
             }
-            let best = probabilities.indices.max { probabilities[$0].value < probabilities[$1].value } ?? 0
-            prediction = bundle.labels[best]
+            let done = DispatchTime.now().uptimeNanoseconds
+            probabilities = zip(result.labels, result.probabilities).map { (label: $0.0, value: $0.1) }
+            prediction = result.label
+            latency = String(format: steps, Double(prepared.uptimeNanoseconds - start) / 1e6,
+                             Double(done - prepared.uptimeNanoseconds) / 1e6)
         } catch {
             prediction = "error: \(error.localizedDescription)"
         }

@@ -2,66 +2,20 @@ import ExecuTorch
 import Foundation
 import TensorFlowLite
 
-/// The model inputs of one text, each of length max_length, keyed by canonical input name.
-struct Encoding {
-    let inputIds: [Int]
-    let attentionMask: [Int]
-    let tokenTypeIds: [Int]
-
-    func values(_ canonicalName: String) -> [Int]? {
-        switch canonicalName {
-        case "input_ids": return inputIds
-        case "attention_mask": return attentionMask
-        case "token_type_ids": return tokenTypeIds
-        default: return nil
-        }
-    }
-}
-
-/// One loaded model file: `run` takes the tokenizer's encoding and returns the logits. A MediaPipe file
-/// (`takesText`) takes the text itself: `classify(text)` returns probabilities in label order.
-protocol ModelRunner {
-    var file: ModelFile { get }
-    func run(_ encoding: Encoding) throws -> [Float]
-    var takesText: Bool { get }
-    func classify(_ text: String) throws -> [Float]
-}
-
-extension ModelRunner {
-    var takesText: Bool { false }
-    func classify(_ text: String) throws -> [Float] {
-        throw BundleError.invalid("\(file.path) takes token ids, not text")
-    }
-}
-
+/// The runtime adapters: each wraps one runtime call around the core (Core/), which builds the inputs (values,
+/// shape, dtype, order), decodes the outputs and picks the runtime from the manifest. Only Xcode compiles these
+/// (see README, "What is verified where").
 enum Runners {
     static func open(_ file: ModelFile, in bundle: ModelBundle, threads: Int = 2) throws -> ModelRunner {
-        switch file.runtime {
-        case ManifestValues.runtimeExecuTorch: return try ExecuTorchRunner(file: file, url: bundle.url(file.path))
-        case ManifestValues.runtimeLiteRT: return try LiteRTRunner(file: file, url: bundle.url(file.path), threads: threads)
-        case ManifestValues.runtimeMediaPipe: return try MediaPipeRunner(file: file, url: bundle.url(file.path))
-        default: throw BundleError.invalid("\(file.path): unknown runtime '\(file.runtime)'")
+        switch try Runtime.of(file) {
+        case .executorch: return try ExecuTorchRunner(file: file, url: bundle.url(file.path))
+        case .litert: return try LiteRTRunner(file: file, url: bundle.url(file.path), threads: threads)
+        case .mediapipe: return try MediaPipeRunner(file: file, url: bundle.url(file.path), numLabels: bundle.numLabels)
         }
-    }
-
-    /// The manifest's shape with its dynamic dim (-1: any length up to max_length) set to this input's length.
-    static func shape(_ spec: TensorSpec, count: Int) throws -> [Int] {
-        let shape = spec.shape.map { $0 == -1 ? count : $0 }
-        guard shape.reduce(1, *) == count else {
-            throw BundleError.invalid("input '\(spec.name)' has \(count) values, its shape \(spec.shape) takes another count")
-        }
-        return shape
-    }
-
-    static func values(_ spec: TensorSpec, _ encoding: Encoding) throws -> [Int] {
-        guard let values = encoding.values(spec.canonicalName) else {
-            throw BundleError.invalid("model input '\(spec.name)' is not one the tokenizer produces")
-        }
-        return values
     }
 }
 
-/// ExecuTorch .pte: inputs are positional, in the manifest's order, with the manifest's dtype.
+/// ExecuTorch .pte: the inputs positional, in the manifest's order, int64 or int32 as the manifest says.
 final class ExecuTorchRunner: ModelRunner {
     let file: ModelFile
     private let module: Module
@@ -72,33 +26,24 @@ final class ExecuTorchRunner: ModelRunner {
         try module.load("forward")
     }
 
-    func run(_ encoding: Encoding) throws -> [Float] {
-        var inputs: [Value] = []
-        for spec in file.inputs {
-            let values = try Runners.values(spec, encoding)
-            let shape = try Runners.shape(spec, count: values.count)
-            switch spec.dtype {
-            case ManifestValues.dtypeInt64:
-                inputs.append(Value(Tensor<Int64>(values.map { Int64($0) }, shape: shape)))
-            case ManifestValues.dtypeInt32:
-                inputs.append(Value(Tensor<Int32>(values.map { Int32($0) }, shape: shape)))
-            default:
-                throw BundleError.invalid("\(file.path): input dtype \(spec.dtype) not supported")
-            }
+    func forward(_ inputs: [InputTensor]) throws -> [Float] {
+        let values = inputs.map { input in
+            input.dtype == ManifestValues.dtypeInt64
+                ? Value(Tensor<Int64>(input.values.map { Int64($0) }, shape: input.shape))
+                : Value(Tensor<Int32>(input.values.map { Int32($0) }, shape: input.shape))
         }
-        let outputs = try module.forward(inputs)
-        guard let logits: Tensor<Float> = outputs.first?.tensor() else {
+        guard let logits: Tensor<Float> = try module.forward(values).first?.tensor() else {
             throw BundleError.invalid("\(file.path): no float tensor output")
         }
         return logits.scalars()
     }
 }
 
-/// LiteRT .tflite: inputs are bound by tensor name (runtimes rename and reorder them), dtype from the manifest.
+/// LiteRT .tflite: the inputs in the interpreter's order (LiteRTBinding), a dynamic file resized to the text.
 final class LiteRTRunner: ModelRunner {
     let file: ModelFile
     private let interpreter: Interpreter
-    private var inputIndex: [TensorSpec: Int] = [:]
+    private let binding: [Int]
 
     init(file: ModelFile, url: URL, threads: Int) throws {
         self.file = file
@@ -107,45 +52,29 @@ final class LiteRTRunner: ModelRunner {
         interpreter = try Interpreter(modelPath: url.path, options: options)
         try interpreter.allocateTensors()
         let names = try (0..<interpreter.inputTensorCount).map { try interpreter.input(at: $0).name }
-        for spec in file.inputs {
-            guard let index = names.firstIndex(of: spec.name) ?? names.firstIndex(where: { $0.contains(spec.canonicalName) }) else {
-                throw BundleError.invalid("\(file.path): no input tensor named like '\(spec.name)' in \(names)")
-            }
-            inputIndex[spec] = index
-        }
+        binding = try LiteRTBinding.indices(file, tensorNames: names)
     }
 
-    func run(_ encoding: Encoding) throws -> [Float] {
-        var resized = false
-        for (spec, index) in inputIndex {  // a dynamic-length file (shape_signature [1, -1]) takes this text's length
-            let shape = try Runners.shape(spec, count: try Runners.values(spec, encoding).count)
-            if try interpreter.input(at: index).shape.dimensions != shape {
-                try interpreter.resizeInput(at: index, to: TensorFlowLite.Tensor.Shape(shape))
-                resized = true
+    func forward(_ inputs: [InputTensor]) throws -> [Float] {
+        let ordered = try LiteRTBinding.ordered(inputs, binding)
+        for (index, input) in ordered.enumerated() {
+            if try interpreter.input(at: index).shape.dimensions != input.shape {
+                try interpreter.resizeInput(at: index, to: TensorFlowLite.Tensor.Shape(input.shape))
             }
         }
-        if resized { try interpreter.allocateTensors() }
-        for (spec, index) in inputIndex {
-            let values = try Runners.values(spec, encoding)
-            let data: Data
-            switch spec.dtype {
-            case ManifestValues.dtypeInt64: data = values.map { Int64($0) }.withUnsafeBufferPointer { Data(buffer: $0) }
-            case ManifestValues.dtypeInt32: data = values.map { Int32($0) }.withUnsafeBufferPointer { Data(buffer: $0) }
-            default: throw BundleError.invalid("\(file.path): input dtype \(spec.dtype) not supported")
-            }
-            try interpreter.copy(data, toInputAt: index)
-        }
+        try interpreter.allocateTensors()
+        for (index, input) in ordered.enumerated() { try interpreter.copy(input.data(), toInputAt: index) }
         try interpreter.invoke()
         let output = try interpreter.output(at: 0)
+        let dtype: String
         switch output.dataType {
-        case .float32:
-            return output.data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        case .int8:
-            // a fully quantized model: dequantize with the tensor's own parameters
-            guard let q = output.quantizationParameters else { throw BundleError.invalid("\(file.path): int8 output without scale") }
-            return output.data.map { Float(Int(Int8(bitPattern: $0)) - q.zeroPoint) * q.scale }
-        default:
-            throw BundleError.invalid("\(file.path): output dtype \(output.dataType) not supported")
+        case .float32: dtype = ManifestValues.dtypeFloat32
+        case .int8: dtype = ManifestValues.dtypeInt8
+        case .uInt8: dtype = ManifestValues.dtypeUint8
+        default: dtype = "\(output.dataType)"
         }
+        let q = output.quantizationParameters
+        return try Outputs.decode(output.data, dtype: dtype, count: output.shape.dimensions.reduce(1, *),
+                                  scale: q?.scale ?? 0, zeroPoint: q?.zeroPoint ?? 0)
     }
 }

@@ -21,7 +21,7 @@ How the numbers are taken (see docs/on_device_benchmarks.md):
 - Sequence lengths (`--max-length`, the main table): inputs padded to that length. At a length other than the
   folder's own, only eager and ONNX Runtime run, unless `rebuild_lengths` is set: then the artifacts are rebuilt
   with `pipeline.build` at that length into a temporary folder (the stage cache makes repeats cheap).
-- Latency against length (issue 14, pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
+- Latency against length (pipeline/bench/lengths.py): every file at 8, 16, 32, 64, 128 and its
   max_length, and the "workload" (eval texts at their real lengths), all files in one interleaved worker,
   beside a `--static DIR` folder's files; the variable-length targets as ratios; peak memory at 16 tokens and
   at max_length. `--lengths none` skips it.
@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core.artifact import read_manifest
+import numpy as np
+
+from pipeline.core.artifact import Artifact, read_manifest, verify_files
 from pipeline.bench.candidates import (BENCH_TEXTS, INPUT_NAMES, artifact_candidates, compared_candidates,
                                        eager_candidates, encode_rows, export_input_names, ort_candidates,
                                        rebuild_for_length, static_length)
@@ -48,10 +50,14 @@ from pipeline.bench.render import machine_info, plot, render_markdown, summary_l
 from pipeline.bench.targets import TARGET_LENGTH, check_targets, profile_hint
 from pipeline.bench.worker import IDLE_GAP_S, PROFILE_RUNS, run_worker, summarize
 from pipeline.core.config import PipelineConfig, check_fields
+from pipeline.core.data import load_small_fine_foods
 from pipeline.core.errors import PipelineError
 from pipeline.core.options import BenchOptions
 from pipeline.core.paths import check_output_folder
 from pipeline.core.provenance import find_model_dir
+from pipeline.core.tokenization import encode
+from pipeline.runtimes.contained import run_contained
+from pipeline.verify.validation import Evidence, file_job
 
 Log = Callable[[str], None]
 Rebuild = Callable[[PipelineConfig, Log], Path]  # a build of a config (pipeline.api passes pipeline.build.build)
@@ -99,8 +105,6 @@ class BenchRun:
 
 def length_sweep(run: BenchRun, inputs: Path, known_peak: dict[str, float]) -> tuple[dict, list[dict]]:
     """Latency against length, the workload figure and peak memory per file (pipeline/bench/lengths.py)."""
-    from pipeline.core.data import load_small_fine_foods
-
     o, folder, manifest, model, params = run.options, run.folder, run.manifest, run.model, run.params
     threads, runs, warmup, source, static, compare = o.threads, o.runs, run.warmup, run.source, run.static, run.compare
     scratch, log, notes = run.scratch, run.log, run.notes
@@ -161,14 +165,6 @@ def preflight(folders: dict[Path, dict], model, length: int, log: Log) -> None:
     its manifest entry says) and run once on real text in a contained child process before any timing: a file
     that is not what its manifest says, or that crashes or hangs its runtime, is one line naming it (exit 2)
     instead of a dead bench worker halfway through the rounds."""
-    import numpy as np
-
-    from pipeline.core.artifact import Artifact
-    from pipeline.core.tokenization import encode
-    from pipeline.gate.folder import verify_files
-    from pipeline.runtimes.contained import run_contained
-    from pipeline.verify.validation import Evidence, file_job
-
     texts = ["this tea is great and i will buy it again"]
     count = 0
     for folder, manifest in folders.items():  # one child per folder: their files share names

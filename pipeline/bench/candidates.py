@@ -8,8 +8,10 @@ from typing import Callable
 import numpy as np
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.data import load_small_fine_foods
 from pipeline.core.errors import PipelineError
 from pipeline.core.provenance import find_model_dir
+from pipeline.core.tokenization import encode
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 BENCH_TEXTS = 16  # real reviews cycled through as inputs
@@ -134,9 +136,6 @@ def eager_candidates(model, source: Path, params: int) -> list[dict]:
 
 
 def encode_rows(model, length: int, path: Path) -> Path:
-    from pipeline.core.data import load_small_fine_foods
-    from pipeline.core.tokenization import encode
-
     try:
         texts = load_small_fine_foods("test").texts[:BENCH_TEXTS]
     except PipelineError:

@@ -1,7 +1,7 @@
-"""Latency against length and the "workload" figure (issue 14), in one interleaved worker per thread setting.
+"""Latency against length and the "workload" figure, in one interleaved worker per thread setting.
 
 - Candidates: every model file of the bench folder and, with `--static DIR`, every model file of a static-shape
-  folder of the same model (the baseline of the issue's targets), all loaded in ONE process.
+  folder of the same model (the baseline of the targets below), all loaded in ONE process.
 - Length sweep: 8, 16, 32, 64, 128 and each file's max_length (only lengths <= a file's max_length; a static
   file pads to it, so its row is flat). Synthetic rows ([CLS], random ids, [SEP]; ids inside the model's vocab).
   Each round runs every (file, length) pair once in a freshly shuffled order (seeded), so load changes on a
@@ -10,8 +10,8 @@
   (capped at each file's max_length; a static file pads), every file once per text in shuffled order; the
   figure is the mean latency per text.
 - Memory: peak RSS (one fresh process per file, as the main table) at 16 tokens and at the file's max_length:
-  an ExecuTorch program plans its activations for max_length (issue 8766), so its short-text peak equals its
-  long-text one; a dynamic .tflite resizes its tensors to the input.
+  an ExecuTorch program plans its activations for max_length (the bound of its dynamic dim), so its short-text
+  peak equals its long-text one; a dynamic .tflite resizes its tensors to the input.
 - Targets (ratios from this one run): for each dynamic file with a static file of the same runtime and
   precision, workload <= 0.65 x the static file's workload, and latency at 16 tokens <= 0.25 x the static file
   at its own length (128 for the default build).
@@ -30,7 +30,8 @@ import numpy as np
 
 from pipeline.bench.candidates import artifact_candidates, compare_label, model_files, static_length
 from pipeline.core.errors import PipelineError
-from pipeline.core.shapes import synthetic_row
+from pipeline.core.shapes import synthetic_row, trim
+from pipeline.core.tokenization import encode
 
 SWEEP = (8, 16, 32, 64, 128)
 MEMORY_SHORT = 16
@@ -82,8 +83,6 @@ def _length_row(length: int, vocab_size: int, cls_id: int, sep_id: int) -> dict[
 
 def write_workload(model, texts: list[str], max_lengths: set[int], scratch: Path) -> dict[int, str]:
     """The eval texts encoded (padded) at each max_length in play; the worker cuts them to their real length."""
-    from pipeline.core.tokenization import encode
-
     paths = {}
     for m in sorted(max_lengths):
         e = encode(model.tokenizer, texts, m)
@@ -102,8 +101,6 @@ def write_length_inputs(length: int, vocab_size: int, cls_id: int, sep_id: int, 
 
 def sweep_worker(job: dict, runners: dict, gap_s: float) -> dict:
     """In the worker process: every (file, length) pair and the workload, interleaved; raw latencies back."""
-    from pipeline.core.shapes import trim
-
     clock = time.process_time if job.get("clock") == "cpu" else time.perf_counter
     names = list(runners)
     maxima = {n: int(runners[n].max_length or job["max_lengths"][n]) for n in names}
@@ -174,7 +171,8 @@ def _point(rows: list[dict], name: str, threads: int, seq) -> dict | None:
 
 
 def length_targets(rows: list[dict], threads: list[int]) -> list[dict]:
-    """The issue's two targets as ratios, for every dynamic file of the bench folder, per thread setting."""
+    """The two targets of the module docstring as ratios, for every dynamic file of the bench folder, per thread
+    setting."""
     checks = []
     files = list(dict.fromkeys((r["name"], r["runtime"], r["precision"], r["shapes"]) for r in rows
                                if r["role"] == "artifact"))
@@ -221,7 +219,7 @@ def length_targets(rows: list[dict], threads: list[int]) -> list[dict]:
 
 
 def max_length_checks(rows: list[dict], threads: list[int]) -> list[dict]:
-    """Issue 14's "a --max-length 512 build costs short texts no more than a 128 build": for every pair of dynamic
+    """The rule "a --max-length 512 build costs short texts no more than a 128 build": for every pair of dynamic
     files of one runtime and precision with different max_length, the larger's latency over the smaller's at each
     length both ran; the worst ratio must be <= MAX_LENGTH_COST."""
     checks = []
@@ -288,7 +286,7 @@ def render_lengths(section: dict | None) -> list[str]:
         lines.append("")
     if memory:
         lines.append("Peak MB: peak RSS minus the RSS after imports. Planned MB: the activation arena an ExecuTorch "
-                     "program plans ahead, sized for its upper bound (max_length, issue 8766) and allocated at load "
+                     "program plans ahead, sized for its upper bound (max_length) and allocated at load "
                      "whatever the text; XNNPACK's own workspace is outside it and follows the run's length. RSS "
                      "counts only the pages a run touches, so what a larger max_length costs a short text is the "
                      "difference of 'peak MB @16' between two builds. A dynamic .tflite resizes its tensors to "

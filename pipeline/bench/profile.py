@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.runtimes.onnxruntime import OnnxRuntimeRunner
+
 PROFILE_RUNS = 10
 PROFILE_WARMUP = 3
 # Op groups of the profile summary, matched on the runtime's op names (XNNPACK via ETDump, ONNX Runtime node types).
@@ -71,8 +73,6 @@ def profile_executorch(candidate: dict, rows: list[dict[str, np.ndarray]], scrat
 
 def profile_ort(candidate: dict, rows: list[dict[str, np.ndarray]], threads: int, scratch: Path) -> dict:
     """ONNX Runtime's node profile (enable_profiling) of the last PROFILE_RUNS runs, summed per op type."""
-    from pipeline.runtimes.onnxruntime import OnnxRuntimeRunner
-
     runner = OnnxRuntimeRunner(Path(candidate["path"]), candidate["input_names"], threads,
                                profile_prefix=str(scratch / "ort-profile"))
     for i in range(PROFILE_WARMUP + PROFILE_RUNS):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.bench.lengths import render_lengths
 from pipeline.bench.profile import OP_GROUPS
+from pipeline.core.stage import tool_versions
 
 
 def machine_info() -> dict:
@@ -23,8 +24,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from pipeline.core.stage import tool_versions
-
     info["versions"] = {k: v for k, v in tool_versions().items()
                         if k in ("torch", "executorch", "ai-edge-litert", "onnxruntime", "transformers", "numpy")}
     return info

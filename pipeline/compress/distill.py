@@ -25,7 +25,7 @@ import contextlib
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -135,35 +135,65 @@ def epoch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) 
 EPOCH_HOOK: Callable[[str, int], None] | None = None
 
 
-def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: float, cfg: CompressConfig, log: Log,
-                 what: str, rt: Runtime, checkpoint: Path | None = None, fingerprint: str = "", copies: int = 0,
-                 evaluate: Callable[[], dict[str, float]] | None = None, epochs_log: list[dict] | None = None,
-                 seed: int | None = None, keep_best: bool = False) -> int:
+@dataclass
+class TrainContext:
+    """What every training phase of one compress run reads: the settings, where it reports, the device and
+    processes, and the folder of its per-epoch checkpoints (None: none are written)."""
+
+    cfg: CompressConfig
+    log: Log
+    rt: Runtime
+    work: Path | None = None
+
+
+@dataclass
+class Phase:
+    """One run of the epoch loop: the teacher's fine-tuning or the student's distillation.
+
+    `checkpoint` is a file name in the context's work folder, `fingerprint` what a resumed checkpoint must
+    match, `copies` the augmented copies of each text an epoch, `seed` the batch order's (None: cfg.seed);
+    `evaluate` returns an epoch's measures and `keep_best` keeps the weights of the epoch best on dev."""
+
+    what: str
+    epochs: int
+    lr: float
+    checkpoint: str | None = None
+    fingerprint: str = ""
+    copies: int = 0
+    seed: int | None = None
+    evaluate: Callable[[], dict[str, float]] | None = None
+    keep_best: bool = False
+    epochs_log: list[dict] = field(default_factory=list)  # evaluate()'s measures, one entry an epoch
+
+
+def train_epochs(model, rows_loss: Callable, train: Batches, phase: Phase, ctx: TrainContext) -> int:
     """AdamW with linear warm-up/decay over rows_loss(net, examples, copies, epoch) -> per-row losses.
 
     An epoch serves every train text once plus `copies` augmented copies of it (item j: example j % n, copy
     j // n), in length-bucketed batches shuffled by a generator seeded with (seed, epoch): an epoch does not
     depend on the ones before it, which is what makes --resume exact. Under torchrun each process takes
-    rows rank::world of every batch (see distill.py). After each epoch the model, optimizer, scheduler and
-    torch RNG state are written atomically to `checkpoint` (when given); --resume starts after the last one.
-    evaluate() returns the epoch's measures ({"dev_accuracy": ..., ...}), appended to epochs_log. With keep_best,
-    the weights of the epoch with the highest dev_accuracy (the later one on a tie) are loaded at the end.
-    Returns the epoch whose weights the model holds.
+    rows rank::world of every batch (see the module docstring). After each epoch the model, optimizer, scheduler
+    and torch RNG state are written atomically to the phase's checkpoint (when it has one and the context a work
+    folder); --resume starts after the last one. evaluate() returns the epoch's measures ({"dev_accuracy": ...,
+    ...}), appended to phase.epochs_log. With keep_best, the weights of the epoch with the highest dev_accuracy
+    (the later one on a tie) are loaded at the end. Returns the epoch whose weights the model holds.
     """
+    cfg, log, rt = ctx.cfg, ctx.log, ctx.rt
+    what, epochs, copies, epochs_log = phase.what, phase.epochs, phase.copies, phase.epochs_log
+    checkpoint = ctx.work / phase.checkpoint if ctx.work is not None and phase.checkpoint else None
     n = len(train)
     lengths = np.tile(np.array([len(x) for x in train.ids]), copies + 1)
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     steps = epochs * per_epoch
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=phase.lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
-    epochs_log = epochs_log if epochs_log is not None else []
     first = 1
     best: dict | None = None  # {"epoch", "value", "model"} of the best epoch so far (keep_best only)
     if cfg.resume and checkpoint is not None:
-        state = load_checkpoint(checkpoint, fingerprint)
+        state = load_checkpoint(checkpoint, phase.fingerprint)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -176,7 +206,7 @@ def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: fl
     net = wrap_parallel(model, rt)
     model.train()
     for epoch in range(first, epochs + 1):
-        rng = np.random.default_rng([cfg.seed if seed is None else seed, epoch])
+        rng = np.random.default_rng([cfg.seed if phase.seed is None else phase.seed, epoch])
         total = 0.0
         progress = Progress(per_epoch, f"  {what} epoch {epoch}/{epochs}", log, enabled=rt.main,
                             interval=cfg.progress_seconds)
@@ -205,21 +235,21 @@ def train_epochs(model, rows_loss: Callable, train: Batches, epochs: int, lr: fl
             progress.update(1, f"loss {total / step:.4f}")
         seconds = progress.close()
         message = f"  {what} epoch {epoch}/{epochs}: loss {total / per_epoch:.4f} ({seconds:.0f} s, {seconds / per_epoch:.2f} s/batch)"
-        if evaluate is not None:
+        if phase.evaluate is not None:
             model.eval()
-            measures = evaluate()
+            measures = phase.evaluate()
             epochs_log.append(measures)
             value = measures["dev_accuracy"]
             message += ", " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in measures.items())
             model.train()
-            if keep_best and (best is None or value >= best["value"]):
+            if phase.keep_best and (best is None or value >= best["value"]):
                 best = {"epoch": epoch, "value": value,
                         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         log(message)
         if checkpoint is not None and rt.main:
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                         "epochs_log": list(epochs_log), "best": best, "fingerprint": fingerprint}, checkpoint)
+                         "epochs_log": list(epochs_log), "best": best, "fingerprint": phase.fingerprint}, checkpoint)
         rt.barrier()
         if EPOCH_HOOK is not None:
             EPOCH_HOOK(what, epoch)

@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -208,16 +209,29 @@ def albert_config(spec: AlbertSpec, label_names: list[str], pad_token_id: int):
     return config
 
 
-def save_checkpoint(student: ExportAlbert, spec: AlbertSpec, label_names: list[str], tokenizer_dir: Path,
-                    out: Path, dtype: torch.dtype, card: dict, pad_token_id: int) -> None:
-    """Write the checkpoint to a temporary folder and move it into place."""
+@dataclass
+class SavedStudent:
+    """What a compress run saves: the student, its label names and model card, the dtype its weights are stored in
+    and the tokenizer's padding id."""
+
+    student: ExportAlbert
+    label_names: list[str]
+    card: dict
+    dtype: torch.dtype = torch.float16
+    pad_token_id: int = 0
+
+
+def save_checkpoint(saved: SavedStudent, tokenizer_dir: Path, out: Path) -> None:
+    """Write the checkpoint (the student's spec as a Hugging Face AlbertConfig, its weights, the teacher's tokenizer
+    files and the model card) to a temporary folder and move it into place."""
     from safetensors.torch import save_file
 
+    card = saved.card
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        albert_config(spec, label_names, pad_token_id).save_pretrained(str(tmp))
-        state = {k: v.detach().to(dtype).clone().contiguous() for k, v in student.state_dict().items()}
+        albert_config(saved.student.spec, saved.label_names, saved.pad_token_id).save_pretrained(str(tmp))
+        state = {k: v.detach().to(saved.dtype).clone().contiguous() for k, v in saved.student.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "spiece.model"):
             if (tokenizer_dir / name).is_file():

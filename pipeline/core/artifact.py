@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import sha256_file
 
 
 @dataclass
@@ -65,6 +66,52 @@ def read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or "model" not in manifest:
         raise PipelineError("manifest.json has no 'files' list or no 'model' section", path)
     return manifest
+
+
+MODEL_SUFFIXES = (".pte", ".tflite")
+
+
+def verify_files(folder: Path, manifest: dict) -> int:
+    """Every listed file is a regular file inside the folder, listed once, with the recorded size and sha256; no
+    model file of the folder is left unlisted."""
+    listed = set()
+    where = folder / "manifest.json"
+    entries = [manifest.get("files"), manifest.get("assets", [])]
+    if not all(isinstance(e, list) for e in entries):
+        raise PipelineError("'files' and 'assets' must be lists of entries", where)
+    try:
+        root = folder.resolve()
+        for entry in entries[0] + entries[1]:
+            name = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
+                    or "\0" in name or "\\" in name:
+                raise PipelineError(f"manifest entry with a bad path {name!r} (a file name inside the folder)", where)
+            if name in listed:
+                raise PipelineError(f"manifest lists {name!r} twice", where)
+            listed.add(name)
+            _verify_entry(folder / name, root, entry)
+        unlisted = sorted(p.name for p in folder.iterdir()
+                          if p.suffix.lower() in MODEL_SUFFIXES and p.name not in listed)
+    except OSError as err:  # a name too long for the file system, a folder that cannot be read: one line
+        raise PipelineError(f"cannot read it ({err.strerror or err})", err.filename or folder) from None
+    if unlisted:
+        raise PipelineError(f"model file(s) not in manifest.json: {unlisted}", folder)
+    return len(listed)
+
+
+def _verify_entry(path: Path, root: Path, entry: dict) -> None:
+    """One listed file: regular, inside the folder (a link may only point to a file beside it), size and sha256."""
+    if path.is_symlink() and path.resolve().parent != root:
+        raise PipelineError("a link to a file outside the folder", path)
+    if not path.is_file():
+        raise PipelineError("listed in manifest.json but missing (or not a regular file)", path)
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        raise PipelineError(f"size {size} bytes does not match the manifest's {entry.get('bytes')}", path)
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise PipelineError(f"sha256 mismatch: file {digest}, manifest {entry.get('sha256')} "
+                            "(the file was changed after the build)", path)
 
 
 # --- the size rule: shared layers stored once ------------------------------------------------------------------

@@ -109,7 +109,7 @@ class BuildConfig:
     mediapipe: bool = True  # with litert: also <name>.<precision>.mediapipe.tflite for MediaPipe's TextClassifier
     calibration_data: str | None = None  # None with the default model: small_fine_foods train split
     eval_data: str | None = None  # None with the default model: small_fine_foods test split (1000 reviews)
-    # validate on the first N eval texts only (None: all; 0 is refused later as an empty eval set, one line)
+    # validate on the first N eval texts only (None: all; 0 is refused as an empty eval set, naming the data)
     eval_limit: int | None = field(default=None, metadata={"min": 0, "max": 10_000_000})
     text_column: str = "text"
     label_column: str = "label"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.provenance import portable_name, remember
+from pipeline.core.provenance import portable_name, remember, sha256_file
 
 DEFAULT_DATASET = "small_fine_foods"
 DEFAULT_LABELS = ["great", "other"]
@@ -57,14 +57,6 @@ class LabeledTexts:
             raise PipelineError(f"a row limit must be 0 or more, not {count}", self.source)
         labels = None if self.labels is None else self.labels[:count]
         return LabeledTexts(self.texts[:count], labels, self.label_names, self.source)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _packaged_file(name: str) -> Path:

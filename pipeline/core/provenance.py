@@ -10,13 +10,26 @@ default model is found by name, anything else needs `--model` / `--eval-data` (t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
+from pipeline.core.errors import PipelineError
+
 INDEX_ENV = "PIPELINE_LOCAL_INDEX"  # tests point it at a temp file
 HASH_CHARS = 16  # the hash prefix shown in names: 64 bits are plenty to tell a user's files apart
+# The embedded default model (pipeline/model/default.py loads it): found by name wherever the package is installed.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def index_path() -> Path:
@@ -74,9 +87,6 @@ _NAMED = re.compile(r"^(?P<name>.+) \(sha256 (?P<hash>[0-9a-f]{8,64})\)$")
 
 def find_data_file(source: str, what: str, option: str) -> Path:
     """A data file named by `portable_name` (or, from older manifests, by path) on this machine."""
-    from pipeline.core.data import sha256_file
-    from pipeline.core.errors import PipelineError
-
     match = _NAMED.match(source)
     if not match:
         return Path(source)
@@ -90,9 +100,6 @@ def find_data_file(source: str, what: str, option: str) -> Path:
 def find_model_dir(recorded: dict, model_dir: str | Path | None = None) -> Path:
     """The checkpoint a manifest's `model` section names: --model, else this machine's copy (by content hash),
     else the embedded default (by name). The caller checks the hash of what it loads."""
-    from pipeline.core.errors import PipelineError
-    from pipeline.model.default import DEFAULT_MODEL_DIR
-
     if model_dir:
         return Path(model_dir)
     if recorded.get("source") and Path(recorded["source"]).is_dir():  # manifests written before this module

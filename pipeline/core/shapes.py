@@ -6,7 +6,7 @@ dynamic  every artifact takes [1, S] for any 1 <= S <= max_length: feed exactly 
 static   every artifact takes exactly [1, max_length]: pad with [PAD] ids, attention_mask 0, token types 0.
 
 Both runtimes use one mechanism (a bounded dynamic dimension), not buckets: on ExecuTorch every bucket method
-repacks the weights in memory (+60 MB RSS per method on the default model, TOOLCHAIN.md), and on LiteRT the
+repacks the weights in memory (+60 MB RSS per loaded method on the default model, measured), and on LiteRT the
 dynamic file converts with the same size and costs what the text costs (see README, "Variable length").
 
 Also here: cutting padded rows to their real length (validation feeds what apps feed), padding for static

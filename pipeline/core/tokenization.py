@@ -1,6 +1,7 @@
 """Tokenizer of a checkpoint directory, encoding to the fixed [N, max_length] int64 arrays the artifacts take."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,24 @@ def load_tokenizer(model_dir: str | Path):
 
 def tokenizer_files(model_dir: str | Path) -> list[Path]:
     return [Path(model_dir) / name for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()]
+
+
+def tokenizer_info(model, max_length: int) -> dict:
+    """What the manifest tells the apps about a loaded model's tokenizer (its `tokenizer` section); the gate
+    checks a folder's section against it."""
+    data = json.loads((model.model_dir / "tokenizer.json").read_text()) if (model.model_dir / "tokenizer.json").is_file() else {}
+    kind = {"WordPiece": "wordpiece", "Unigram": "sentencepiece"}.get(data.get("model", {}).get("type"), "unknown")
+    return {
+        "kind": kind,
+        "file": "tokenizer.json",
+        "max_length": max_length,
+        "lowercase": bool(getattr(model.tokenizer, "do_lower_case", False) or
+                          (data.get("normalizer") or {}).get("lowercase", False)),
+        "pad_id": model.tokenizer.pad_token_id,
+        "cls_id": model.tokenizer.cls_token_id,
+        "sep_id": model.tokenizer.sep_token_id,
+        "unk_id": model.tokenizer.unk_token_id,
+    }
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import PipelineError
-from pipeline.formats.tflite_flatbuffer import opcode_builtin, pack_model, read_model, text
+from pipeline.formats.tflite_flatbuffer import MAX_LENGTH_KEY, opcode_builtin, pack_model, read_model, text
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -156,8 +156,6 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
     if len(subgraph.outputs) != 1:
         raise PipelineError(f"expected one output (the logits), found {len(subgraph.outputs)}")
     if not max_length:  # the TFLite stage records a dynamic file's max_length in its metadata
-        from pipeline.runtimes.litert import MAX_LENGTH_KEY
-
         for entry in model.metadata or []:
             if text(entry.name) == MAX_LENGTH_KEY:
                 max_length = int(bytes(model.buffers[entry.buffer].data).decode())

@@ -7,6 +7,7 @@ from pipeline.core.errors import PipelineError
 
 TFLITE_IDENTIFIER = b"TFL3"
 BUFFER_ALIGNMENT = 16  # what TFLite's converter uses; unaligned constant buffers are copied at load, not mmapped
+MAX_LENGTH_KEY = "max_length"  # TFLite metadata entry of a dynamic-length file: its longest input, ASCII digits
 
 
 def litert_schema():

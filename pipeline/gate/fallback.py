@@ -39,6 +39,7 @@ from pipeline.lower.trace import trace
 from pipeline.bundle import replace_folder
 from pipeline.verify.report import result_dict
 from pipeline.verify.validation import ArtifactResult, Evidence, evaluate
+from pipeline.runtimes.contained import FileJob, run_contained
 
 Log = Callable[[str], None]
 WORD_EMBEDDING = "albert.embeddings.word_embeddings"
@@ -199,8 +200,6 @@ def fallback_artifact(fb: Fallback, result: ArtifactResult, localization: Locali
 
 def _golden_update(path: Path, artifact: Artifact, limits) -> None:
     """The new file's outputs on golden.json's inputs, run like every file: in a contained child process."""
-    from pipeline.runtimes.contained import FileJob, run_contained
-
     golden = json.loads(path.read_text())
     cases = golden.get("cases", [])
     rows = [{k: np.asarray([case[k]], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}

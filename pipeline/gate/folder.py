@@ -1,6 +1,6 @@
 """What a bundled folder must be before anything in it runs, and what the gate checks it against:
 
-    verify_files     every manifest entry is a regular file inside the folder (no absolute or `..` path, no link
+    verify_files     (pipeline/core/artifact.py, bench checks folders too) every manifest entry is a regular file inside the folder (no absolute or `..` path, no link
                      that leaves it), listed once, with the recorded size and sha256; every model file is listed
     load_reference   the float reference the manifest names (or the one given), proven by its hash
     load_eval        the eval data as recorded (or the one given), never empty
@@ -22,52 +22,11 @@ from pipeline.core.artifact import Artifact, read_manifest
 from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.core.errors import PipelineError
 from pipeline.core.provenance import find_data_file, find_model_dir
+from pipeline.core.tokenization import TOKENIZER_FILES, encode, load_tokenizer, tokenizer_info
+from pipeline.runtimes.contained import FileJob
+from pipeline.runtimes.mediapipe import TEXT_INPUT
 
 Log = Callable[[str], None]
-MODEL_SUFFIXES = (".pte", ".tflite")
-
-
-def verify_files(folder: Path, manifest: dict) -> int:
-    """Every listed file is a regular file inside the folder, listed once, with the recorded size and sha256; no
-    model file of the folder is left unlisted."""
-    listed = set()
-    where = folder / "manifest.json"
-    entries = [manifest.get("files"), manifest.get("assets", [])]
-    if not all(isinstance(e, list) for e in entries):
-        raise PipelineError("'files' and 'assets' must be lists of entries", where)
-    try:
-        root = folder.resolve()
-        for entry in entries[0] + entries[1]:
-            name = entry.get("path") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
-                    or "\0" in name or "\\" in name:
-                raise PipelineError(f"manifest entry with a bad path {name!r} (a file name inside the folder)", where)
-            if name in listed:
-                raise PipelineError(f"manifest lists {name!r} twice", where)
-            listed.add(name)
-            _verify_entry(folder / name, root, entry)
-        unlisted = sorted(p.name for p in folder.iterdir()
-                          if p.suffix.lower() in MODEL_SUFFIXES and p.name not in listed)
-    except OSError as err:  # a name too long for the file system, a folder that cannot be read: one line
-        raise PipelineError(f"cannot read it ({err.strerror or err})", err.filename or folder) from None
-    if unlisted:
-        raise PipelineError(f"model file(s) not in manifest.json: {unlisted}", folder)
-    return len(listed)
-
-
-def _verify_entry(path: Path, root: Path, entry: dict) -> None:
-    """One listed file: regular, inside the folder (a link may only point to a file beside it), size and sha256."""
-    if path.is_symlink() and path.resolve().parent != root:
-        raise PipelineError("a link to a file outside the folder", path)
-    if not path.is_file():
-        raise PipelineError("listed in manifest.json but missing (or not a regular file)", path)
-    size = path.stat().st_size
-    if size != entry.get("bytes"):
-        raise PipelineError(f"size {size} bytes does not match the manifest's {entry.get('bytes')}", path)
-    digest = sha256_file(path)
-    if digest != entry.get("sha256"):
-        raise PipelineError(f"sha256 mismatch: file {digest}, manifest {entry.get('sha256')} "
-                            "(the file was changed after the build)", path)
 
 
 def model_entries(manifest: dict) -> list[dict]:
@@ -136,9 +95,6 @@ def app_file(folder: Path, manifest: dict, key: str, default: str) -> Path:
 def check_app_files(folder: Path, manifest: dict, model) -> None:
     """labels.json is the model's labels in the model's order; the tokenizer files are the checkpoint's own, and
     what the manifest tells the app about labels and the tokenizer is the model's."""
-    from pipeline.bundle import tokenizer_info
-    from pipeline.core.tokenization import TOKENIZER_FILES
-
     where = folder / "manifest.json"
     labels_path = app_file(folder, manifest, "labels", "labels.json")
     try:
@@ -181,8 +137,6 @@ def check_tokenizer_behaviour(folder: Path, texts: list[str], encoded) -> None:
     tokenizer loader reads beside them)."""
     import numpy as np
 
-    from pipeline.core.tokenization import encode, load_tokenizer
-
     try:
         shipped = load_tokenizer(folder)
     except PipelineError as err:
@@ -199,10 +153,6 @@ def golden_jobs(path: Path, artifacts: list[Artifact], model, max_length: int):
     """golden.json's cases (at `path`), checked against the tokenizer, as run jobs for every file (ids in, or text
     in); what it tells the app about lengths is the folder's."""
     import numpy as np
-
-    from pipeline.core.tokenization import encode
-    from pipeline.runtimes.contained import FileJob
-    from pipeline.runtimes.mediapipe import TEXT_INPUT
 
     try:
         golden = json.loads(path.read_text())

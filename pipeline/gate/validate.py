@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core.artifact import Artifact, read_manifest
+from pipeline.core.artifact import Artifact, read_manifest, verify_files
 from pipeline.core.config import ThresholdConfig, load_thresholds
 from pipeline.core.errors import DriftError, PipelineError
 from pipeline.core.options import ValidateOptions
@@ -36,9 +36,11 @@ from pipeline.core.paths import check_output_folder
 from pipeline.core.shapes import sweep_rows
 from pipeline.core.tokenization import clean_text, encode
 from pipeline.gate.folder import (app_file, check_app_files, check_golden, check_tokenizer_behaviour, golden_jobs,
-                                  load_calibration, load_eval, load_reference, model_entries, verify_files)
+                                  load_calibration, load_eval, load_reference, model_entries)
 from pipeline.runtimes.contained import run_contained
+from pipeline.verify.arm64 import emulate
 from pipeline.verify.report import drift_table, plot_layer_errors, write_reports
+from pipeline.verify.tokenizer_drift import drift_report
 from pipeline.verify.validation import ArtifactResult, Evidence, run_errors, validate
 
 Log = Callable[[str], None]
@@ -111,8 +113,6 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     log(f"validate: {folder}")
     arm = None
     if options.arm64 is not None:  # a missing emulation environment fails before anything runs
-        from pipeline.verify.arm64 import emulate
-
         arm = (emulate.require_env(), emulate.resolve_profile(options.arm64.profile)[0])
     count = verify_files(folder, manifest)
     log(f"  {count} files: sizes and sha256 match manifest.json")
@@ -133,8 +133,6 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     golden_outputs = run_contained(jobs)
     drift = None
     if any(a.runtime == "mediapipe" for a in artifacts):
-        from pipeline.verify.tokenizer_drift import drift_report
-
         drift = drift_report(model, int(manifest["model"]["max_length"]), evidence.texts, log)
     localizations = localize_failures(results, manifest, model, evidence, options, log)
     context = {"artifacts": folder.name, "target": manifest.get("target"), "eval data": source,
@@ -152,8 +150,6 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
                                              for r in results if "fallback" in r.artifact.details) or "nothing to fix"
     arm_run = None
     if arm is not None and broken is None:
-        from pipeline.verify.arm64 import emulate
-
         arm_run = emulate.gate_arm64(results, evidence, thresholds, emulate.ArmRun(arm[1], options.arm64.rows, arm[0]), log)
         context[f"arm64 ({arm_run.profile})"] = (f"qemu -cpu {arm_run.qemu_cpu}, {arm_run.rows} rows: "
                                                   + ("passed" if arm_run.passed else "FAILED"))

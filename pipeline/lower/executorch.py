@@ -10,6 +10,7 @@ from pipeline.core.artifact import Artifact, TensorSpec, check_size
 from pipeline.core.config import QuantizeConfig
 from pipeline.core.errors import PipelineError
 from pipeline.model.checkpoint import LoadedModel
+from pipeline.lower.quantize import quantize
 from pipeline.lower.trace import Traced
 from pipeline.core.tokenization import Encoded
 
@@ -81,8 +82,6 @@ def executorch_file(model: LoadedModel, traced: Traced, precision: str, recipe: 
     """`out`: the traced model as an XNNPACK .pte, fp32 or int8 by `recipe` calibrated on `calibration`; size-checked."""
     if precision not in PRECISIONS:
         raise PipelineError(f"unknown precision {precision!r} for ExecuTorch ({' or '.join(PRECISIONS)})")
-    from pipeline.lower.quantize import quantize
-
     exported, settings = traced.exported, None
     if precision == "int8":
         quantized = quantize(model, traced, calibration, recipe)

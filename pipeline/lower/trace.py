@@ -14,7 +14,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.model.reference import reference_logits
 from pipeline.model.checkpoint import LoadedModel
-from pipeline.core.shapes import eval_rows
+from pipeline.core.shapes import eval_rows, pad, trim
 from pipeline.core.tokenization import Encoded
 
 MATCH_TOLERANCE = 1e-4  # max abs logit difference between the export model and the reference
@@ -51,8 +51,6 @@ def dynamic_shapes_for(names: list[str], max_length: int) -> tuple:
 
 def dynamic_example(check: Encoded, names: list[str]) -> tuple[torch.Tensor, ...]:
     """Row 0 cut to its real length (at least 2: an example of length 1 would be specialized)."""
-    from pipeline.core.shapes import pad, trim
-
     row = trim(check.row(0))
     if row["input_ids"].shape[1] < 2:
         row = pad(row, 2)

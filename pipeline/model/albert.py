@@ -1,8 +1,9 @@
 """An export-friendly ALBERT: the same math as transformers' AlbertForSequenceClassification, written so
-that every op of the transformer lowers into one XNNPACK delegate (see ../shared/TOOLCHAIN.md):
+that every op of the transformer lowers into one XNNPACK delegate (each item below is what delegation needs):
 
 - the additive attention mask is computed once, as float, from the int mask (no int64 scalar arithmetic);
-- attention is 3-D `bmm` with the heads folded into the batch dimension;
+- attention is 3-D `bmm` with the heads folded into the batch dimension (4-D `matmul` leaves `expand_copy` ops
+  outside the delegate);
 - LayerNorm is written out (mean via a global average pool) because `native_layer_norm` is never delegated;
 - GELU is `nn.GELU` (XNNPACK computes the exact form; tanh-GELU is written out with delegable ops);
 - tables are sliced (`weight[:S]`), [CLS] is `x[:, 0:1]`.
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from pipeline.model.recurrent import make_recurrent
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
 MASK_VALUE = -1e4  # additive mask; exp(-1e4) underflows to exactly 0 in fp32 like HF's finfo.min
@@ -90,7 +93,7 @@ class LayerNorm(nn.Module):
 
     def _forward_2d(self, x: torch.Tensor) -> torch.Tensor:
         """[S, size] (the ONNX -> onnx2tf dynamic-length form): the means are matmuls with a constant 1/size
-        column, which onnx2tf converts at any S (its ReduceMean went wrong there, TOOLCHAIN.md)."""
+        column, which onnx2tf converts at any S (its conversion of ReduceMean went wrong there)."""
         average = torch.full((1, x.shape[-1]), 1.0 / x.shape[-1], dtype=x.dtype)
         centred = x - nn.functional.linear(x, average)
         var = nn.functional.linear(centred * centred, average)
@@ -205,7 +208,7 @@ class AlbertAttention(nn.Module):
 
     def _forward_flat(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         """Batch 1 with 2-D hidden states [S, width]: the form onnx2tf converts with a dynamic sequence axis
-        (3-D only in the batched attention core; see TOOLCHAIN.md)."""
+        (3-D only in the batched attention core)."""
         width = hidden.shape[-1]
         scale = 1.0 / math.sqrt(self.head_size)
 
@@ -290,8 +293,6 @@ class ExportAlbert(nn.Module):
         self.classifier = nn.Linear(spec.hidden_size, spec.num_labels)
         self.recurrent: nn.Module | None = None
         if spec.recurrent is not None:
-            from pipeline.model.recurrent import make_recurrent
-
             self.recurrent = make_recurrent(spec.recurrent, spec.embedding_size)
         selector = torch.zeros(spec.max_position_embeddings)
         selector[0] = 1.0

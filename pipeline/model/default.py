@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.provenance import DEFAULT_MODEL_DIR
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
 REPRODUCE = "python -m pipeline compress --out pipeline/assets/default_model"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.core.console import progress
 from pipeline.core.errors import PipelineError
+from pipeline.core.shapes import pad, too_long
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -37,8 +38,6 @@ class Runner:
     def fit_length(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` as the file takes them: a length above max_length is refused with a one-line PipelineError
         (never truncated), a shorter one padded for a static file, fed as is to a dynamic one."""
-        from pipeline.core.shapes import pad, too_long
-
         length = int(np.asarray(next(iter(inputs.values()))).shape[-1])
         if self.max_length is not None and length > self.max_length:
             raise PipelineError(too_long(length, self.max_length), self.path)
@@ -80,9 +79,8 @@ def canonical_input_name(name: str) -> str:
 
 
 def open_runner(path: Path, runtime: str, input_names: list[str] | None = None, num_threads: int = 2) -> Runner:
-    """The runner named `runtime` with the model at `path` loaded (a file, or a folder for eager checkpoints)."""
-    from pipeline import runtimes  # noqa: F401  (imports every runner module, which registers itself)
-
+    """The runner named `runtime` with the model at `path` loaded (a file, or a folder for eager checkpoints).
+    Every runner module has registered itself: importing this module runs pipeline/runtimes/__init__.py first."""
     path = Path(path)
     if runtime not in RUNNERS:
         raise PipelineError(f"unknown runtime {runtime!r}; known: {sorted(RUNNERS)}", path)

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.core.artifact import Artifact
 from pipeline.core.console import child_progress
+from pipeline.core.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_ROW = 60.0  # a file is declared hung after this much per row (plus START_SECONDS): generous on purpose
@@ -58,7 +59,7 @@ class Worker:
     info: dict = field(default_factory=dict)  # filled by run_contained: what the child reported about its CPU
 
 
-def _signal_name(code: int) -> str:
+def signal_name(code: int) -> str:
     try:
         name = signal.Signals(-code).name
     except ValueError:
@@ -117,7 +118,7 @@ def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str
 def _run_child(worker: Worker, folder: Path, env: dict, fds: tuple[int, ...], jobs: list[FileJob],
                first: int) -> tuple[int | None, str]:
     """One child run from job `first` on: (index of the file it died on, what happened), or (None, "")."""
-    running, started = None, time.monotonic()
+    running, started, any_started = None, time.monotonic(), False
     command = [*worker.prefix, "-m", "pipeline.runtimes.worker", str(folder)]
     limits = [START_SECONDS + worker.seconds_per_row * max(1, len(j.inputs)) for j in jobs]
     tail: list[str] = []
@@ -127,7 +128,7 @@ def _run_child(worker: Worker, folder: Path, env: dict, fds: tuple[int, ...], jo
         try:
             for line in _lines(proc, lambda: deadline):
                 if line.startswith("start "):
-                    running = int(line.split()[1])
+                    running, any_started = int(line.split()[1]), True
                     deadline = time.monotonic() + limits[running - first]
                 elif line.startswith("done "):
                     running = None
@@ -145,8 +146,10 @@ def _run_child(worker: Worker, folder: Path, env: dict, fds: tuple[int, ...], jo
             raise
     if proc.returncode == 0 and running is None:
         return None, ""
-    what = _signal_name(proc.returncode) if proc.returncode < 0 else f"exit status {proc.returncode}"
+    what = signal_name(proc.returncode) if proc.returncode < 0 else f"exit status {proc.returncode}"
     last = next((l for l in reversed(tail) if l.strip()), "")
+    if not any_started:  # no file was reached: the worker itself is broken, not a file
+        raise PipelineError(f"the run worker could not start ({' '.join(worker.prefix[:1])}: {what}): {last[:300]}")
     where = running if running is not None else first
     return where, f"the runtime crashed: {what}" + (f" ({last[:200]})" if last else "")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.formats.tflite_flatbuffer import MAX_LENGTH_KEY, litert_schema, pack_model, read_model, text
 from pipeline.runtimes.base import Runner, canonical_input_name, register
 
 
@@ -54,9 +55,6 @@ class LiteRTRunner(Runner):
         return out.astype(np.float32)
 
 
-MAX_LENGTH_KEY = "max_length"  # TFLite metadata entry of a dynamic-length file: its longest input, ASCII digits
-
-
 def tflite_max_length(path: Path) -> int | None:
     """The `max_length` metadata entry of a .tflite (written by the TFLite stage for dynamic files), or None."""
     from ai_edge_litert import schema_py_generated as schema
@@ -78,8 +76,6 @@ def write_tflite_max_length(path: Path, max_length: int, num_labels: int | None 
     """Add (or replace) the `max_length` metadata entry of a .tflite; with `num_labels`, also declare the output
     `[1, num_labels]` (onnx2tf leaves a dynamic file's logits at shape [1, 1], signature [1, -1]; the class count
     does not depend on the length, and the interpreter computes the real shape when it allocates)."""
-    from pipeline.formats.tflite_flatbuffer import litert_schema, pack_model, read_model, text
-
     schema = litert_schema()
     data = Path(path).read_bytes()
     model = read_model(data)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.formats.mediapipe import check_metadata
 from pipeline.runtimes.base import Runner, register
 
 TEXT_INPUT = "text"
@@ -29,8 +30,6 @@ TEXT_INPUT = "text"
 @register("mediapipe")
 class MediaPipeRunner(Runner):
     def __init__(self, path: Path, input_names: list[str] | None = None, num_threads: int = 2):
-        from pipeline.formats.mediapipe import check_metadata
-
         self.path = Path(path)
         info = check_metadata(self.path)
         self.labels = info["labels"]

@@ -24,6 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.console import active, attach_from_env
+from pipeline.core.errors import PipelineError
+from pipeline.runtimes import open_runner, run_rows
+from pipeline.runtimes.base import check_signature
+
 # AT_HWCAP / AT_HWCAP2 bits of arch/arm64/include/uapi/asm/hwcap.h that select XNNPACK's / LiteRT's int8 kernels
 HWCAP = {"asimddp": 1 << 20, "sve": 1 << 22}
 HWCAP2 = {"sve2": 1 << 1, "i8mm": 1 << 13, "bf16": 1 << 14, "sme": 1 << 23}
@@ -44,8 +49,6 @@ def without_xnnpack(path: Path, num_threads: int):
     """A LiteRT runner for `path` with the builtin kernels only (no XNNPACK delegate)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from pipeline.runtimes import open_runner
-
     runner = open_runner(path, "litert", num_threads=num_threads)
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -55,8 +58,6 @@ def without_xnnpack(path: Path, num_threads: int):
 
 def say_progress(name: str):
     """Progress lines on stdout (for the host's log) when no console of the parent draws bars: a quarter at a time."""
-    from pipeline.core.console import active
-
     if active() is not None:
         return None
 
@@ -69,10 +70,6 @@ def say_progress(name: str):
 
 def run_file(spec: dict, job: dict, out: Path) -> dict:
     """One file: outputs into `out`.npz; returns its status (timings, or the error that stopped it)."""
-    from pipeline.core.errors import PipelineError
-    from pipeline.runtimes import open_runner, run_rows
-    from pipeline.runtimes.base import check_signature
-
     status: dict = {"name": spec["name"]}
     t0, c0 = time.perf_counter(), time.process_time()
     threads = job.get("num_threads", 2)
@@ -97,8 +94,6 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
 
 
 def main(job_dir: str) -> int:
-    from pipeline.core.console import attach_from_env
-
     attach_from_env()  # progress bars on the parent's console, when it passed its descriptors
     folder = Path(job_dir)
     job = pickle.loads((folder / "job.pkl").read_bytes())

@@ -7,6 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from pipeline.verify.tokenizer_drift import markdown as drift_markdown
 from pipeline.verify.validation import ArtifactResult
 
 METRIC_LIMITS = (
@@ -56,8 +57,6 @@ def markdown(results: list[ArtifactResult], title: str, context: dict, drift: di
     failures = [f for r in results for f in r.failures]
     lines.append("All artifacts passed." if not failures else "Failures:\n" + "\n".join(f"- {f}" for f in failures))
     if drift:
-        from pipeline.verify.tokenizer_drift import markdown as drift_markdown
-
         lines += ["", *drift_markdown(drift)]
     for r in results:
         delegation = r.artifact.details.get("delegation")

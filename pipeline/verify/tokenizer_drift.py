@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.formats.mediapipe import DeviceTokenizer, device_tokenizer, probe_model
 from pipeline.core.tokenization import clean_text, encode
+from pipeline.runtimes.mediapipe import MediaPipeRunner
 
 HARD_CASES: list[tuple[str, str]] = [
     ("accents", "Café Crème naïve"),
@@ -107,8 +108,6 @@ class DeviceIds:
     """MediaPipe's token ids for a text, through the probe model."""
 
     def __init__(self, tokenizer: DeviceTokenizer, max_length: int, workdir: Path):
-        from pipeline.runtimes.mediapipe import MediaPipeRunner
-
         self.path = probe_model(Path(workdir) / f"probe.{tokenizer.kind}.{max_length}.tflite", max_length, tokenizer)
         self.runner = MediaPipeRunner(self.path)
 

@@ -32,8 +32,13 @@ from pipeline.core.config import TFLiteConfig
 from pipeline.core.errors import PipelineError
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.core.shapes import eval_rows
+from pipeline.lower.tflite import litert_torch, onnx2tf
+from pipeline.lower.tflite.diagnose import diagnose
 from pipeline.lower.tflite.float_tables import INT8_TABLES
+from pipeline.lower.tflite.onnx_passes import ONNX_OPSET
 from pipeline.core.tokenization import Encoded
+from pipeline.runtimes.contained import FileJob, run_contained
+from pipeline.runtimes.litert import write_tflite_max_length
 
 # --- the converter's sanity gate (the validate stage applies the real thresholds later) -----------------
 FP32_MAX_ABS_ERROR = 1e-3  # max |logit(.tflite) - logit(eager fp32)| over the check rows
@@ -85,7 +90,7 @@ def lower_tflite(job: TFLiteJob, workdir: Path, hooks: Hooks | None = None) -> l
     dynamic = shapes == "dynamic"
     if dynamic and config.converter != "onnx2tf":
         raise PipelineError('[build] shapes = "dynamic" needs the onnx2tf converter (litert-torch\'s dynamic shapes '
-                            'are reported broken for ALBERT, litert-torch issue 870); use shapes = "static"')
+                            'are reported broken for ALBERT by its maintainers); use shapes = "static"')
     if config.converter not in CONVERTERS:
         raise PipelineError(f"unknown TFLite converter {config.converter!r}; choose one of {list(CONVERTERS)}")
     if config.quant not in QUANT_MODES:
@@ -111,14 +116,9 @@ def lower_tflite(job: TFLiteJob, workdir: Path, hooks: Hooks | None = None) -> l
     input_names = list(INPUT_ORDER if job.use_token_type_ids else INPUT_ORDER[:2])
     reference = _reference_logits(model.export_model, check, input_names, dynamic)
     if config.converter == "onnx2tf":
-        from pipeline.lower.tflite import onnx2tf
-        from pipeline.lower.tflite.onnx_passes import ONNX_OPSET
-
         made, onnx_path, extra = onnx2tf.convert(job, scratch, input_names, hooks)
         details = {"converter": "onnx2tf", "onnx_opset": ONNX_OPSET, **extra}
     else:
-        from pipeline.lower.tflite import litert_torch
-
         made, onnx_path = litert_torch.convert(model, max_length, scratch, calibration, input_names, log), None
         hooks.torch_done()
         details = {"converter": "litert-torch"}
@@ -128,8 +128,6 @@ def lower_tflite(job: TFLiteJob, workdir: Path, hooks: Hooks | None = None) -> l
     checked = {}
     for precision, produced in made.items():
         if dynamic:  # the longest input the file was validated for: LiteRTRunner refuses longer ones
-            from pipeline.runtimes.litert import write_tflite_max_length
-
             write_tflite_max_length(produced, max_length, model.spec.num_labels)
         final = finals[precision]
         metrics = _check_file(produced, final.name, check, reference, input_names, dynamic)
@@ -141,8 +139,6 @@ def lower_tflite(job: TFLiteJob, workdir: Path, hooks: Hooks | None = None) -> l
         if failure:
             where = ""
             if onnx_path is not None:
-                from pipeline.lower.tflite.diagnose import diagnose
-
                 where = "; " + diagnose(onnx_path, produced, check, input_names, precision, dynamic)
             _reject(produced)
             what = "the converter wrote a wrong file" if precision == "fp32" else "int8 drift beyond the sanity bound"
@@ -201,9 +197,6 @@ def _check_file(path: Path, label: str, check: Encoded, reference: np.ndarray, i
                 dynamic: bool = False) -> dict[str, Any]:
     """The converted file on the check rows in LiteRT, in a contained child process (pipeline/runtimes/contained.py):
     a converter output that aborts or hangs the runtime is this file's one-line error, not the end of the build."""
-    from pipeline.core.artifact import Artifact, TensorSpec
-    from pipeline.runtimes.contained import FileJob, run_contained
-
     artifact = Artifact(path, "litert", "check", [TensorSpec(n, [1, -1], "int64") for n in input_names], [])
     got = run_contained([FileJob(artifact, eval_rows(check, dynamic, input_names))]).get(path.name)
     if got is None or got.error is not None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.shapes import trim
 from pipeline.runtimes import canonical_input_name
 from pipeline.core.tokenization import Encoded
 
@@ -14,8 +15,6 @@ DIAGNOSE_RTOL = {"fp32": 1e-3, "int8": 0.05}
 
 def diagnose(onnx_path: Path, tflite_path: Path, check: Encoded, input_names: list[str], precision: str,
              dynamic: bool = False) -> str:
-    from pipeline.core.shapes import trim
-
     row = trim(check.row(0)) if dynamic else check.row(0)
     try:
         found = _first_diverging_op(onnx_path, tflite_path, row, DIAGNOSE_RTOL[precision])

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.core.config import TFLiteConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.shapes import trim
 from pipeline.model.checkpoint import LoadedModel
 from pipeline.lower.tflite.float_tables import keep_tables_float
 from pipeline.lower.tflite.onnx_passes import export_onnx, prepare_for_onnx2tf
@@ -39,8 +40,6 @@ ONNX2TF_ATTEMPTS = ({}, {"disable_strict_mode": True})
 def convert(job, scratch: Path, input_names: list[str], hooks) -> tuple[dict[str, Path], Path, dict]:
     """({precision: .tflite in scratch}, the ONNX file, details) for a `TFLiteJob`; `hooks.torch_done()` is called
     after the ONNX export."""
-    from pipeline.core.shapes import trim
-
     model, config, max_length, calibration = job.model, job.config, job.max_length, job.calibration
     dynamic, log = job.shapes == "dynamic", hooks.log
 

@@ -15,16 +15,24 @@ import android.widget.Spinner
 import android.widget.TextView
 import java.io.File
 import java.util.concurrent.Executors
-import kotlin.math.exp
+import org.pipeline.demo.core.AssetPaths
+import org.pipeline.demo.core.MediaPipeText
+import org.pipeline.demo.core.ModelBundle
+import org.pipeline.demo.core.ModelFile
+import org.pipeline.demo.core.ModelRunner
+import org.pipeline.demo.core.Prediction
+import org.pipeline.demo.core.Runtime
+import org.pipeline.demo.core.SelfCheck
 import org.pipeline.demo.tokenizer.Tokenizer
 
 /**
  * The demo screen: a text field, a runtime · precision picker filled from manifest.json, the predicted label with
  * the probability of every label, the latency of tokenization and inference, and the self-check result.
+ * Views, threads, assets and clocks only: what the app computes is in the core module (android_demo/core).
  */
 class MainActivity : Activity() {
     private val worker = Executors.newSingleThreadExecutor()
-    private lateinit var bundle: Bundle
+    private lateinit var bundle: ModelBundle
     private lateinit var tokenizer: Tokenizer
     private var runner: ModelRunner? = null
 
@@ -38,11 +46,9 @@ class MainActivity : Activity() {
         buildViews()
         worker.execute {
             try {
-                bundle = Bundle(readAsset(AssetPaths.MANIFEST), ::readAsset)
+                bundle = ModelBundle(readAsset(AssetPaths.MANIFEST), ::readAsset)
                 tokenizer = Tokenizer.fromJson(readAsset(bundle.tokenizerFile))
-                check(tokenizer.kind == bundle.tokenizerKind || bundle.tokenizerKind == "sentencepiece" && tokenizer.kind == "unigram") {
-                    "manifest says tokenizer ${bundle.tokenizerKind}, tokenizer.json holds ${tokenizer.kind}"
-                }
+                bundle.checkTokenizer(tokenizer)
                 runOnUiThread { onBundleLoaded() }
                 runSelfCheck()
             } catch (e: Exception) {
@@ -62,7 +68,7 @@ class MainActivity : Activity() {
 
     /** Runtimes load from files: copy the asset once into app storage. */
     private fun modelPath(file: ModelFile): File {
-        val out = File(filesDir, "${AssetPaths.MODEL_DIR}/${file.sha256.take(16)}-${file.path}")
+        val out = File(filesDir, "${AssetPaths.MODEL_DIR}/${file.storageName}")
         if (!out.isFile || out.length() != file.bytes) {
             out.parentFile?.mkdirs()
             assets.open("${AssetPaths.MODEL_DIR}/${file.path}").use { src -> out.outputStream().use { src.copyTo(it) } }
@@ -83,64 +89,46 @@ class MainActivity : Activity() {
         runner?.close()
         runner = null
         runner = try {
-            ModelRunner.open(file, modelPath(file), context = this)
+            open(file)
         } catch (e: Exception) {
             runOnUiThread { result.text = "${file.path}: ${e.message}" }
             null
         }
     }
 
+    private fun open(file: ModelFile): ModelRunner = Runners.open(file, modelPath(file), this, bundle.numLabels)
+
     private fun classify() {
         val text = input.text.toString()
         worker.execute {
             val current = runner ?: return@execute
+            val takesText = Runtime.of(current.file).takesText
             val t0 = SystemClock.elapsedRealtimeNanos()
-            // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (MediaPipeText.kt)
-            val encoding = if (current.takesText) null else tokenizer.encode(text, bundle.tokenizerMaxLength, pad = !bundle.dynamicLength)
-            val prepared = if (current.takesText) MediaPipeText.normalize(text, bundle.tokenizerKind) else text
+            // MediaPipe mode: no tokenizer code here, only the normalization its tokenizer lacks (core: MediaPipeText)
+            val prepared = if (takesText) MediaPipeText.normalize(text, bundle.tokenizerKind) else null
+            val encoding = if (takesText) null else bundle.encode(tokenizer, text)
             val t1 = SystemClock.elapsedRealtimeNanos()
-            val probs = if (encoding == null) current.classify(prepared).map { it.toDouble() }.toDoubleArray()
-                        else softmax(current.run(encoding))
-            val t2 = SystemClock.elapsedRealtimeNanos()
-            val best = probs.indices.maxByOrNull { probs[it] } ?: 0
-            val lines = buildString {
-                append("Prediction: ${bundle.labels[best]}\n\n")
-                probs.forEachIndexed { i, p -> append("%-16s %6.2f %%\n".format(bundle.labels[i], 100 * p)) }
-                append("\n${current.file.title}\n")
-                append((if (current.takesText) "normalize %.2f ms · classify(text) %.2f ms" else "tokenize %.2f ms · inference %.2f ms")
-                    .format((t1 - t0) / 1e6, (t2 - t1) / 1e6))
+            val prediction = try {
+                if (encoding == null) Prediction.fromProbabilities(current.classify(prepared!!), bundle.labels)
+                else Prediction.fromLogits(current.forward(bundle.inputs(current.file, encoding)), bundle.labels)
+            } catch (e: Exception) {
+                runOnUiThread { result.text = "${current.file.path}: ${e.message}" }
+                return@execute
             }
+            val t2 = SystemClock.elapsedRealtimeNanos()
+            val lines = prediction.report(current.file, (t1 - t0) / 1e6, (t2 - t1) / 1e6)
             runOnUiThread { result.text = lines }
         }
     }
 
     private fun runSelfCheck() {
-        val check = SelfCheck(readAsset(bundle.goldenFile), tokenizer)
-        val results = ArrayList<CheckResult>()
-        results.add(check.checkTokenizer())
-        for (file in bundle.files) {
-            results.add(
-                try {
-                    ModelRunner.open(file, modelPath(file), context = this).use { check.checkModel(it) }
-                } catch (e: Exception) {
-                    CheckResult(file.path, false, "could not run: ${e.message}")
-                },
-            )
-        }
+        val results = SelfCheck(bundle, readAsset(bundle.goldenFile)).run(tokenizer, ::open)
         val ok = results.all { it.passed }
-        val text = (listOf(if (ok) "Self-check PASSED" else "Self-check FAILED") +
-            results.map { "${if (it.passed) "✓" else "✗"} ${it.subject}: ${it.detail}" }).joinToString("\n")
+        val text = SelfCheck.summary(results)
         runOnUiThread {
             selfCheck.text = text
             selfCheck.setTextColor(if (ok) Color.rgb(0, 128, 0) else Color.RED)
         }
-    }
-
-    private fun softmax(logits: FloatArray): DoubleArray {
-        val m = logits.maxOrNull() ?: 0f
-        val e = logits.map { exp((it - m).toDouble()) }
-        val s = e.sum()
-        return DoubleArray(e.size) { e[it] / s }
     }
 
     private fun buildViews() {

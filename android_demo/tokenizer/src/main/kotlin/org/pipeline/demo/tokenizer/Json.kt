@@ -5,7 +5,7 @@ package org.pipeline.demo.tokenizer
  * compiles with a bare kotlinc and runs on any JVM or Android.
  *
  * Values map to: JSON object -> Map<String, Any?> (insertion ordered), array -> List<Any?>, string -> String,
- * integer literal -> Long, other number -> Double, true/false -> Boolean, null -> null.
+ * integer literal -> Long (beyond Long's range: Double), other number -> Double, true/false -> Boolean, null -> null.
  */
 object Json {
     fun parse(text: String): Any? {
@@ -179,20 +179,36 @@ object Json {
             }
         }
 
+        /** RFC 8259: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?  ("01", "1.", ".5", "+1" are errors). */
         private fun readNumber(): Any {
             val start = pos
             if (pos < s.length && s[pos] == '-') pos++
+            when {
+                pos < s.length && s[pos] == '0' -> pos++
+                pos < s.length && s[pos] in '1'..'9' -> digits()
+                else -> fail(if (pos < s.length) "unexpected character '${s[pos]}'" else "unexpected end")
+            }
             var integral = true
-            while (pos < s.length) {
-                val c = s[pos]
-                if (c in '0'..'9') pos++
-                else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') { integral = false; pos++ }
-                else break
+            if (pos < s.length && s[pos] == '.') {
+                pos++
+                if (digits() == 0) fail("a digit must follow the decimal point")
+                integral = false
+            }
+            if (pos < s.length && (s[pos] == 'e' || s[pos] == 'E')) {
+                pos++
+                if (pos < s.length && (s[pos] == '+' || s[pos] == '-')) pos++
+                if (digits() == 0) fail("a digit must follow the exponent")
+                integral = false
             }
             val token = s.substring(start, pos)
-            if (token.isEmpty() || token == "-") fail("unexpected character")
-            if (integral) token.toLongOrNull()?.let { return it }
-            return token.toDoubleOrNull() ?: fail("bad number '$token'")
+            if (integral) token.toLongOrNull()?.let { return it } // larger integers: a Double, like other readers
+            return token.toDouble()
+        }
+
+        private fun digits(): Int {
+            val start = pos
+            while (pos < s.length && s[pos] in '0'..'9') pos++
+            return pos - start
         }
     }
 }

@@ -1,4 +1,4 @@
-package org.pipeline.demo
+package org.pipeline.demo.core
 
 /**
  * Every manifest.json / golden.json key and every asset path the app reads, in one place.
@@ -6,7 +6,8 @@ package org.pipeline.demo
  * Values are key paths: "a.b" is key b inside object a, "files[].path" is key path in every element of the
  * files list. tests/test_apps.py parses this file and checks each path against a freshly built bundle, so a
  * key the pipeline renames or drops fails CI instead of the app on a phone. Read keys only through these
- * constants (JsonPath.kt); never spell a key as a literal elsewhere.
+ * constants (JsonPath in ModelBundle.kt); never spell a key as a literal elsewhere. The iOS app's
+ * ManifestKeys.swift holds the same groups with the same values (tests/test_app_core_swift.py).
  */
 object AssetPaths {
     /** The folder under app/src/main/assets/ that `pipeline build --target android` fills. */
@@ -24,6 +25,7 @@ object ManifestKeys {
     const val TOKENIZER_KIND = "tokenizer.kind"
     const val TOKENIZER_FILE = "tokenizer.file"
     const val TOKENIZER_MAX_LENGTH = "tokenizer.max_length"
+    const val TOKENIZER_PAD_ID = "tokenizer.pad_id"
     const val SHAPES = "shape_contract.shapes"
     const val LABELS = "labels"
     const val GOLDEN = "golden"
@@ -65,17 +67,24 @@ object GoldenKeys {
     const val CASE_EXPECTED = "cases[].expected"
 }
 
-/** Values the manifest uses for files[].runtime and for tensor dtypes. */
+/** Values the manifest uses for files[].runtime, tokenizer.kind, the shape contract and tensor dtypes. */
 object ManifestValues {
     const val RUNTIME_EXECUTORCH = "executorch"
     const val RUNTIME_LITERT = "litert"
     /** A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out. */
     const val RUNTIME_MEDIAPIPE = "mediapipe"
+    const val TOKENIZER_WORDPIECE = "wordpiece"
+    const val TOKENIZER_SENTENCEPIECE = "sentencepiece"
     const val SHAPES_DYNAMIC = "dynamic"
     const val PADDING_NONE = "none"
     const val DTYPE_INT64 = "int64"
     const val DTYPE_INT32 = "int32"
     const val DTYPE_FLOAT32 = "float32"
+    const val DTYPE_INT8 = "int8"
+    const val DTYPE_UINT8 = "uint8"
+    const val INPUT_IDS = "input_ids"
+    const val ATTENTION_MASK = "attention_mask"
+    const val TOKEN_TYPE_IDS = "token_type_ids"
     /** Canonical input names; a runtime's tensor name contains one of them (e.g. serving_default_input_ids:0). */
-    val INPUT_NAMES = listOf("input_ids", "attention_mask", "token_type_ids")
+    val INPUT_NAMES = listOf(INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)
 }

@@ -3,6 +3,7 @@
 // Values are key paths: "a.b" is key b inside object a, "files[].path" is key path in every element of the
 // files list. tests/test_apps.py parses this file and checks each path against a freshly built bundle, so a key
 // the pipeline renames or drops fails CI instead of the app on a phone. Read keys only through these constants.
+// The Android core's ManifestKeys.kt holds the same groups with the same values (tests/test_app_core_swift.py).
 
 enum AssetPaths {
     /// The folder under AlbertDemo/Resources/ that `pipeline build --target ios` fills (a folder reference).
@@ -20,6 +21,7 @@ enum ManifestKeys {
     static let tokenizerKind = "tokenizer.kind"
     static let tokenizerFile = "tokenizer.file"
     static let tokenizerMaxLength = "tokenizer.max_length"
+    static let tokenizerPadId = "tokenizer.pad_id"
     static let shapes = "shape_contract.shapes"
     static let labels = "labels"
     static let golden = "golden"
@@ -61,17 +63,24 @@ enum GoldenKeys {
     static let caseExpected = "cases[].expected"
 }
 
-/// Values the manifest uses for files[].runtime and for tensor dtypes.
+/// Values the manifest uses for files[].runtime, tokenizer.kind, the shape contract and tensor dtypes.
 enum ManifestValues {
     static let runtimeExecuTorch = "executorch"
     static let runtimeLiteRT = "litert"
     /// A `.mediapipe.tflite`: text in through MediaPipe Tasks' TextClassifier, probabilities out.
     static let runtimeMediaPipe = "mediapipe"
+    static let tokenizerWordpiece = "wordpiece"
+    static let tokenizerSentencepiece = "sentencepiece"
     static let shapesDynamic = "dynamic"
     static let paddingNone = "none"
     static let dtypeInt64 = "int64"
     static let dtypeInt32 = "int32"
     static let dtypeFloat32 = "float32"
+    static let dtypeInt8 = "int8"
+    static let dtypeUint8 = "uint8"
+    static let inputIds = "input_ids"
+    static let attentionMask = "attention_mask"
+    static let tokenTypeIds = "token_type_ids"
     /// Canonical input names; a runtime's tensor name contains one of them (e.g. serving_default_input_ids:0).
-    static let inputNames = ["input_ids", "attention_mask", "token_type_ids"]
+    static let inputNames = [inputIds, attentionMask, tokenTypeIds]
 }
