@@ -507,7 +507,7 @@ def test_a_text_of_a_few_megabytes_is_read_and_truncated_by_the_tokenizer(tiny_a
     from pipeline.core.data import load_labeled_file
     from pipeline.core.tokenization import encode, load_tokenizer
 
-    big = ("great tea, would buy again " * 100_000).strip()  # 2.7 MB in one cell
+    big = ("great tea, would buy again " * 75_000).strip()  # 2 MB in one cell
     path = tmp_path / f"big{suffix}"
     if suffix == ".jsonl":
         path.write_text(json.dumps({"text": big, "label": "great"}) + "\n" + json.dumps({"text": "bad", "label": "other"}))
