@@ -37,10 +37,12 @@ from pipeline.config import Int4Recipe, check_int4_recipe
 from pipeline.errors import PipelineError
 from pipeline.tflite_flatbuffer import builtin_code, constant, litert_schema, pack_model, read_model, text
 
-# The gate applied here, before a file gets its final name; the validate stage then judges it on the whole eval set
-# with [thresholds.int4]. A file within these on the check rows with XNNPACK but not without is refused.
+# The sanity gate applied here to both kernel sets, before a file gets its final name (gross errors only: the
+# validate stage judges the file on the whole eval set with [thresholds.int4]). The two kernel sets quantize the
+# activations differently (XNNPACK per row, the builtin hybrid kernels per tensor), so their logits differ by about
+# as much as each differs from float: each is compared with the float model, not with the other. The blockwise
+# failure is gross (logits near 0: cosine ~0).
 INT4_MIN_COSINE = 0.95
-BUILTIN_MAX_ABS_DIFFERENCE = 0.05  # max |logit(builtin kernels) - logit(XNNPACK)| on the check rows
 INDEX_TYPES = (2, 4)  # TensorType INT32, INT64
 
 
@@ -128,7 +130,8 @@ def _cast_to_int32(model, graph, schema, source: int, position: int) -> tuple[in
 
 def fc_module_names(tflite: bytes, linears: dict[str, np.ndarray]) -> dict[str, str]:
     """{FULLY_CONNECTED output tensor name: module name} for every FC whose constant weight is one of `linears`
-    ({module name: float weight [out, in]}), matched by shape and value (to 1e-5 of the largest weight)."""
+    ({module name: float weight [out, in]}), matched by shape and value up to one scalar factor (to 1e-5 of the
+    largest weight)."""
     schema = litert_schema()
     model = read_model(tflite)
     graph = model.subgraphs[0]
@@ -146,7 +149,10 @@ def fc_module_names(tflite: bytes, linears: dict[str, np.ndarray]) -> dict[str, 
         if values is None:
             continue
         for name, candidate in by_shape.get(tuple(values.shape), []):
-            if np.abs(candidate - values).max() <= 1e-5 * max(float(np.abs(candidate).max()), 1e-12):
+            # the converter may fold a constant factor into a weight (the attention's 1/sqrt(head size) into the
+            # query projection): match up to one scalar
+            factor = float((values * candidate).sum() / max(float((candidate * candidate).sum()), 1e-30))
+            if np.abs(factor * candidate - values).max() <= 1e-5 * max(float(np.abs(values).max()), 1e-12):
                 result[text(graph.tensors[op.outputs[0]].name)] = name
                 break
     return result
@@ -175,8 +181,8 @@ def quantizer_recipe(recipe: Int4Recipe, keep_ops: list[str]) -> list[dict]:
     manager.add_dynamic_config(".*", op.FULLY_CONNECTED, 4,
                                _granularity(recipe.group_size if recipe.weights == "group" else 0))
     manager.add_dynamic_config(".*", op.EMBEDDING_LOOKUP, recipe.embedding_bits, _granularity(recipe.embedding_group_size))
-    if keep_ops:  # the latest matching rule wins
-        manager.add_dynamic_config("^(" + "|".join(re.escape(n) for n in keep_ops) + ")$", op.FULLY_CONNECTED, 8,
+    if keep_ops:  # the latest matching rule wins; an op's scope is its output names, each followed by ";"
+        manager.add_dynamic_config("^(" + "|".join(re.escape(n) for n in keep_ops) + ");$", op.FULLY_CONNECTED, 8,
                                    qtyping.QuantGranularity.CHANNELWISE)
     return manager.get_quantization_recipe()
 
@@ -192,6 +198,10 @@ def quantize_tflite(fp32: bytes, recipe: Int4Recipe, vocab_size: int, linears: d
     prepared, table = gather_to_embedding_lookup(fp32, vocab_size)
     modules = fc_module_names(prepared, linears)
     keep = sorted(op for op, module in modules.items() if kept_int8(module, recipe.keep_int8))
+    float_fcs = weight_types(prepared).get("FULLY_CONNECTED float32", 0)
+    if recipe.keep_int8 and float_fcs != len(modules):
+        raise PipelineError(f"[int4] keep_int8: {float_fcs - len(modules)} of {float_fcs} FULLY_CONNECTED weights in "
+                            "the float .tflite match no linear of the model, so the ops to keep at 8 bits are unknown")
     try:
         from ai_edge_quantizer import quantizer
     except ImportError as err:
@@ -259,15 +269,12 @@ def check_int4_tflite(path: Path, rows: list[dict[str, np.ndarray]], reference: 
         "rows": len(rows), "builtin_rows": count,
     }
     failures = []
-    for mode in ("xnnpack", "builtin"):
+    for mode, label in (("xnnpack", "with XNNPACK"), ("builtin", "LiteRT's builtin kernels (no XNNPACK)")):
         m = result[mode]
         if not m["finite"]:
-            failures.append(f"{mode}: non-finite logits")
+            failures.append(f"{label}: non-finite logits")
         elif m["cosine"] < INT4_MIN_COSINE:
-            failures.append(f"{mode}: logit cosine {m['cosine']:.4f} < {INT4_MIN_COSINE} vs the float model")
-    if result["builtin_vs_xnnpack_max_abs"] > BUILTIN_MAX_ABS_DIFFERENCE:
-        failures.append(f"LiteRT's builtin kernels (no XNNPACK) differ from XNNPACK by "
-                        f"{result['builtin_vs_xnnpack_max_abs']:.3g} > {BUILTIN_MAX_ABS_DIFFERENCE} in a logit")
+            failures.append(f"{label}: logit cosine {m['cosine']:.4f} < {INT4_MIN_COSINE} vs the float model")
     result["failures"] = failures
     return result
 
