@@ -98,5 +98,6 @@ def check_size(artifact: Artifact, num_parameters: int, num_layers: int) -> None
         per_weight = BYTES_PER_WEIGHT.get(artifact.precision.split("-")[0], 4)
         raise PipelineError(
             f"{size:,} bytes exceed {limit:,} ({SIZE_FACTOR} x {num_parameters:,} parameters x {per_weight} B + graph "
-            f"allowance for {num_layers} layers): shared layers are stored more than once (or tables were left in float)",
+            f"allowance for {num_layers} layers): shared layers are stored more than once (or tables were left in "
+            f"float, or weights kept at more bits than {artifact.precision})",
             artifact.path)
