@@ -7,7 +7,7 @@ silently falls back to a default:
     [quantize]         QuantizeConfig
     [tflite]           TFLiteConfig
     [int4.executorch]  Int4Recipe of albert.int4.pte (likewise [int4.litert] for albert.int4.tflite)
-    [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.fp16])
+    [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.int4], [thresholds.fp16])
     [thresholds.mediapipe-fp32]  MediaPipe files, text in, probabilities (likewise [thresholds.mediapipe-int8])
     [thresholds.artifacts."albert.int8.tflite"]   per-artifact overrides
     [compress]         CompressConfig
@@ -38,16 +38,14 @@ class Thresholds:
     max_accuracy_drop: float = 0.0  # in accuracy points as a fraction (0.01 = one point)
 
 
-INT4_MAX_ABS_ERROR = 2.0  # placeholder, set from docs/int4.md
-INT4_MIN_COSINE = 0.98
-
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(max_abs_error=1e-3, min_cosine=0.99999, min_top1_agreement=0.999, max_accuracy_drop=0.002),
     "fp16": Thresholds(max_abs_error=2e-2, min_cosine=0.9999, min_top1_agreement=0.99, max_accuracy_drop=0.01),
     "int8": Thresholds(max_abs_error=0.5, min_cosine=0.99, min_top1_agreement=0.95, max_accuracy_drop=0.02),
-    # 4-bit weights, int8 dynamic activations: measured on the default model, 1000 eval reviews (docs/int4.md).
-    "int4": Thresholds(max_abs_error=INT4_MAX_ABS_ERROR, min_cosine=INT4_MIN_COSINE, min_top1_agreement=0.95,
-                       max_accuracy_drop=0.01),
+    # 4-bit weights, int8 dynamic activations. Default model, 1000 eval reviews, the default recipes (docs/int4.md):
+    # max abs error 0.93-1.07, cosine 0.987-0.995, top-1 agreement 0.97, accuracy -0.3/-0.4 points (.pte; .tflite
+    # with and without XNNPACK). Top-1 and accuracy are the bounds; the other two leave ~2x room.
+    "int4": Thresholds(max_abs_error=2.0, min_cosine=0.98, min_top1_agreement=0.95, max_accuracy_drop=0.01),
     # MediaPipe files, text in through MediaPipe's own tokenizer, vs the float reference's softmax: max_abs_error is
     # a probability error and includes tokenizer drift (accented words become [UNK] on the device). Measured on
     # the default model, 1000 eval reviews: see README ("MediaPipe Tasks").
@@ -86,6 +84,7 @@ class QuantizeConfig:
 
 
 INT4_WEIGHTS = ("group", "channel")
+INT4_KEEP_INT8 = ("embedding_hidden_mapping_in",)  # see Int4Recipe.keep_int8
 
 
 @dataclass
@@ -105,11 +104,8 @@ class Int4Recipe:
     embedding_group_size: int = field(default=32, metadata={"min": 0})
     # Linears kept at 8 bits (per channel) by module name ("classifier", "albert.pooler") or by the end of one
     # ("attention.dense": that linear of every layer group). Default: the E -> H mapping after the embedding, the
-    # most sensitive linear of the default model (top-1 agreement 0.955 -> 0.97) at 25 k weights (+12 kB).
+    # most sensitive linear of the default model (.pte top-1 agreement 0.955 -> 0.974) at 25 k weights (+12 kB).
     keep_int8: list[str] = field(default_factory=lambda: list(INT4_KEEP_INT8))
-
-
-INT4_KEEP_INT8 = ("embedding_hidden_mapping_in",)
 
 
 def default_int4_executorch() -> Int4Recipe:

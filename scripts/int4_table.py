@@ -168,11 +168,17 @@ def write_table(results_path: Path, table_path: Path, parameters: int) -> None:
         same = (f" (XNNPACK on these rows: {r['xnnpack_same_rows_top1_agreement']:.3f})"
                 if "xnnpack_same_rows_top1_agreement" in r else "")
         lines.append(f"| {r['candidate']} | {r['kernels']} | {r['bytes']:,} | {r['bytes_per_param']:.3f} | "
-                     f"{r.get('size_rule', '')[:40]} | {r['rows']} | "
+                     f"{_verdict(r.get('size_rule', ''))} | {r['rows']} | "
                      f"{r['max_abs_error']:.3f} | {r['cosine']:.4f} | {r['top1_agreement']:.3f}{same} | {r['accuracy']:.3f} | "
                      f"{r['float_accuracy']:.3f} | {r['ms_median']:.1f} |")
     table_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _verdict(rule: str) -> str:
+    if rule.startswith("refused by the check"):
+        return "**refused: builtin kernels wrong**" if "builtin" in rule else "refused by the check"
+    return "refused (size rule)" if rule == "refused" else rule
 
 
 if __name__ == "__main__":

@@ -207,12 +207,14 @@ def quantize_tflite(fp32: bytes, recipe: Int4Recipe, vocab_size: int, linears: d
     except ImportError as err:
         raise PipelineError(f"the AI Edge Quantizer (ai-edge-quantizer) is not installed ({err}); "
                             "see scripts/install.sh") from None
+    rules = quantizer_recipe(recipe, keep)
     engine = quantizer.Quantizer(bytearray(prepared))
-    engine.load_quantization_recipe(quantizer_recipe(recipe, keep))
+    engine.load_quantization_recipe(rules)
     result = engine.quantize(enable_progress_report=False)
     quantized = bytes(result.quantized_model)
     details = {"vocabulary_table": table, "int8_fully_connected": len(keep),
-               "fully_connected_by_module": len(modules), "weights_by_type": weight_types(quantized)}
+               "fully_connected_by_module": len(modules), "weights_by_type": weight_types(quantized),
+               "quantizer_recipe": _plain(rules)}
     return quantized, details
 
 
@@ -349,8 +351,7 @@ def lower_int4_tflite(float_artifact: Artifact, model, recipe: Int4Recipe, check
         _reject(out_path, out_path)
         raise PipelineError(err.message, out_path) from None
     artifact.details.update({
-        "quantization": {**recipe_details(recipe, model.export_model), "quantizer": "ai-edge-quantizer",
-                         "quantizer_recipe": _plain(quantizer_recipe(recipe, [])), **extra},
+        "quantization": {**recipe_details(recipe, model.export_model), "quantizer": "ai-edge-quantizer", **extra},
         "check": {k: v for k, v in check.items() if k != "failures"},
         "bytes": out_path.stat().st_size,
     })
