@@ -1,4 +1,4 @@
-"""4-bit files (issue 29) on a tiny ALBERT whose vocabulary table is most of its weights, with the real toolchains:
+"""4-bit files on a tiny ALBERT whose vocabulary table is most of its weights, with the real toolchains:
 `albert.int4.pte` (torchao -> XNNPACK) in executorch.runtime and `albert.int4.tflite` (AI Edge Quantizer) in LiteRT
 with and without XNNPACK, both with the dynamic length, close to the float model; the size rule refuses a file
 labelled int4 that kept 8-bit weights; a blockwise .tflite is refused when LiteRT's builtin kernels get it wrong.
