@@ -14,7 +14,8 @@ counter is shared by all threads. Counted:
     first    the first inference after loading the file (LiteRT plans its tensors and applies the XNNPACK
              delegate there; ExecuTorch did that at load time), with the process's one-time set-up already
              paid by an unmarked warm-up run of every file
-    steady   one inference after that: the median of `steady_runs`
+    steady   one inference after that: the cheapest of `steady_runs` (the runs differ by hundreds to a few
+             thousand instructions: allocator and Python-binding paths; the first of them is usually the dearest)
 What makes the counts host-independent: markers instead of whole-process totals (start-up, imports, address-space
 layout and the environment's size are outside the marked intervals), one thread, Python's GC off while counting,
 QEMU's guest randomness seeded (-seed), a fixed PYTHONHASHSEED, and a fixed /sys in the sysroot (cpu topology,
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import tempfile
 import threading
@@ -124,6 +124,20 @@ def _marks(path: Path) -> dict[int, int]:
     return marks
 
 
+def _reap(proc: subprocess.Popen, timeout: float) -> float:
+    """Wait for `proc` (TimeoutExpired after `timeout` s) and return ITS CPU seconds (wait4: other emulators running
+    at the same time in this process are not counted, as RUSAGE_CHILDREN would)."""
+    deadline = time.monotonic() + max(1.0, timeout)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.2)
+
+
 def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], rows: dict[int, dict[str, np.ndarray]],
                   lengths: list, max_length: int | None, steady_runs: int, hash_seed: int | None, log: Log,
                   workdir: Path | None = None) -> dict:
@@ -145,7 +159,6 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
         marks_path = work / "marks.txt"
         command = env.command(qemu_cpu, marks_path, ["-m", "pipeline.gate.cost_worker", str(work / "job.json")])
         started = time.perf_counter()
-        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         timeout = 900 + 600 * len(files) * max(1, len(rows))
         tail: list[str] = []
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=work,
@@ -157,11 +170,10 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
                         log(f"    cost [{profile}] [{time.perf_counter() - started:5.0f} s] {line[8:]}")
                     elif line:
                         tail = (tail + [line])[-5:]
-                proc.wait(timeout=max(1, timeout - (time.perf_counter() - started)))
+                cpu = _reap(proc, timeout - (time.perf_counter() - started))
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
                 raise
-        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         out_path = work / "job.out.json"
         if proc.returncode != 0 or not out_path.is_file():
             why = next((l for l in reversed(tail) if l.strip()), "no output")
@@ -181,15 +193,14 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
     runs: dict[str, dict[int, list[int]]] = {}
     for entry in out["plan"]:
         steady = sorted(span(p) for p in entry["steady"])
-        median = steady[len(steady) // 2] if len(steady) % 2 else (steady[len(steady) // 2 - 1] + steady[len(steady) // 2]) // 2
-        counts.setdefault(entry["file"], {})[entry["length"]] = {"steady": int(median), "first": int(span(entry["first"]))}
+        counts.setdefault(entry["file"], {})[entry["length"]] = {"steady": steady[0], "first": span(entry["first"])}
         fed.setdefault(entry["file"], {})[entry["length"]] = entry["fed_length"]
         runs.setdefault(entry["file"], {})[entry["length"]] = [span(p) for p in entry["steady"]]
-        if median:
-            spread = max(spread, (steady[-1] - steady[0]) / median)
+        if steady[0]:
+            spread = max(spread, (steady[-1] - steady[0]) / steady[0])
     errors = {name: f["error"] for name, f in out["files"].items() if f.get("error")}
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return {"counts": counts, "qemu_cpu": qemu_cpu, "description": PROFILES[profile][1], "errors": errors,
+    return {"counts": counts, "qemu_cpu": qemu_cpu, "description": PROFILES[profile][1], "hwcaps": out.get("hwcaps"),
+            "errors": errors,
             "fed_lengths": fed, "steady_counts": runs, "steady_spread": spread, "marker_overhead": min(span(p) for p in out["empty"]),
             "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(cpu, 1)}
 
@@ -212,7 +223,7 @@ def count_costs(artifacts: list[Artifact], profiles: Iterable[str] = DEFAULT_PRO
         {"counts": {profile: {file: {length: {"steady": int, "first": int}}}},
          "qemu": "qemu-aarch64 version ...", "plugin": "cost_plugin 1 <sha256 of cost_plugin.c, 12 hex>",
          "threads": 1, "steady_runs": n, "lengths": [...requested], "hash_seed": ...,
-         "profiles": {profile: {"qemu_cpu", "description", "errors": {file: why}, "fed_lengths": {file: {L: fed}},
+         "profiles": {profile: {"qemu_cpu", "description", "hwcaps", "errors": {file: why}, "fed_lengths": {file: {L: fed}},
                                 "steady_counts": {file: {L: [each steady run]}}, "steady_spread": max relative spread of the steady runs, "marker_overhead": int,
                                 "seconds", "cpu_seconds"}},
          "not_counted": {file: why}, "seconds": float}

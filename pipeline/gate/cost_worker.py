@@ -205,8 +205,10 @@ def main(job_path: str) -> int:
     gc.disable()
     empty = [mark(), mark(), mark()]
     gc.enable()
+    from pipeline.gate.arm64_worker import hwcaps
+
     out = {"plan": plan, "files": files, "empty": [[empty[0], empty[1]], [empty[1], empty[2]]],
-           "markers": mark.next, "num_threads": NUM_THREADS}
+           "markers": mark.next, "num_threads": NUM_THREADS, "hwcaps": hwcaps()}
     Path(job_path).with_suffix(".out.json").write_text(json.dumps(out, indent=2))
     return 0
 
