@@ -10,7 +10,8 @@ What counting needs that the ARM gate does not:
     cost/           qemu-plugin.h of the installed QEMU (from Debian's QEMU source package: no binary package
                     ships it), the project's plugin cost_plugin.c compiled against it (cost_plugin.so, gcc, ~1 s),
                     and cost.json (versions and hashes; written last: its presence means "ready").
-    sysroot/sys/    a fixed /sys of a 2-core Cortex-A76-like system (topology, cache sizes, MIDR, frequencies).
+    sysroot/sys/    a fixed /sys of a 2-core Cortex-A76-like system (topology, cache sizes, MIDR, frequencies; and
+                    proc/sys/vm/overcommit_memory).
                     QEMU's -L prefix shadows absolute paths, but only those that exist under it: without these
                     files the guest reads the host's /sys (x86 cache sizes, the host's CPU count), which the
                     runtimes use to size their kernels' blocking. Shared with the ARM gate (its emulated runs see
@@ -86,16 +87,26 @@ def sys_files() -> dict[str, str]:
                 "scaling_max_freq": "2400000", "scaling_min_freq": "600000", "scaling_cur_freq": "2400000"}
         files.update({f"{base}/cpufreq/{k}": v for k, v in freq.items()})
         files[f"{base}/cpu_capacity"] = "1024"
+    files.update({"sys/devices/system/node/online": "0", "sys/devices/system/node/possible": "0",
+                  "sys/devices/system/node/has_cpu": "0", "sys/devices/system/node/node0/cpulist": every})
     return {path: text + "\n" if text else "" for path, text in files.items()}
 
 
+# Host settings under /proc that the guest reads at start-up (besides cpuinfo, arm64_env.CPUINFO): fixed too.
+PROC_FILES = {"proc/sys/vm/overcommit_memory": "0\n"}
+
+
 def sys_digest() -> str:
-    return hashlib.sha256(json.dumps(sys_files(), sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([sys_files(), PROC_FILES], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def write_sys(sysroot: Path) -> None:
-    """Replace sysroot/sys with the fixed tree (nothing else of the host's /sys stays visible under the prefix for
-    the files it holds; paths it lacks fall through to the host, so it holds every file the runtimes read)."""
+    """Replace sysroot/sys with the fixed tree, and write PROC_FILES. QEMU resolves a guest path under the -L prefix
+    only when the file exists there; a path the tree lacks falls through to the HOST's file. So the tree holds every
+    file that the runtimes and the C library were seen to read (`qemu-aarch64 -strace` of an import, load and
+    inference of both runtimes). What still reaches the host: /sys/devices/system/node/node1 (a probe at import
+    time, present only on multi-node NUMA hosts), sched_getaffinity (the host's CPU count: counts are of one
+    thread, set explicitly, so it selects nothing), sysinfo (RAM size) and uname."""
     target = sysroot / "sys"
     staging = sysroot / "sys.new"
     shutil.rmtree(staging, ignore_errors=True)
@@ -105,6 +116,9 @@ def write_sys(sysroot: Path) -> None:
         path.write_text(text)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+    for rel, text in PROC_FILES.items():
+        (sysroot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sysroot / rel).write_text(text)
 
 
 # ------------------------------------------------------------------------------------------------- environment
