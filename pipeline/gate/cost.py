@@ -115,13 +115,14 @@ def _worker_env(env: CountingEnv, hash_seed: int | None) -> dict:
     return environ
 
 
-def _marks(path: Path) -> dict[int, int]:
-    marks = {}
+def _marks(path: Path) -> tuple[dict[int, int], dict[int, int]]:
+    """The plugin's marker file: ({k: instructions executed so far}, {k: guest threads alive})."""
+    marks, threads = {}, {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         if line and not line.startswith("#"):
-            k, count = line.split()
-            marks[int(k)] = int(count)
-    return marks
+            k, count, alive = line.split()
+            marks[int(k)], threads[int(k)] = int(count), int(alive)
+    return marks, threads
 
 
 def _reap(proc: subprocess.Popen, timeout: float) -> float:
@@ -180,7 +181,7 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
             raise PipelineError(f"the emulated cost worker failed (qemu -cpu {qemu_cpu}, exit {proc.returncode}): "
                                 f"{why[:300]}; re-provision with: {SETUP_COMMAND}")
         out = json.loads(out_path.read_text())
-        marks = _marks(marks_path)
+        marks, threads = _marks(marks_path)
     if len(marks) != out["markers"]:
         raise PipelineError(f"the counting plugin recorded {len(marks)} of {out['markers']} markers (qemu -cpu {qemu_cpu})")
 
@@ -199,9 +200,13 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
         if steady[0]:
             spread = max(spread, (steady[-1] - steady[0]) / steady[0])
     errors = {name: f["error"] for name, f in out["files"].items() if f.get("error")}
+    alive = max(threads.values(), default=1)
+    if alive > 1:  # counts are exact for one thread; idle threads add nothing, but nothing proves they were idle
+        log(f"  cost [{profile}]: WARNING {alive} guest threads alive at a marker: another thread may have added "
+            "to the counts")
     return {"counts": counts, "qemu_cpu": qemu_cpu, "description": PROFILES[profile][1], "hwcaps": out.get("hwcaps"),
             "errors": errors,
-            "fed_lengths": fed, "steady_counts": runs, "steady_spread": spread, "marker_overhead": min(span(p) for p in out["empty"]),
+            "fed_lengths": fed, "steady_counts": runs, "threads_alive": alive, "steady_spread": spread, "marker_overhead": min(span(p) for p in out["empty"]),
             "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(cpu, 1)}
 
 
@@ -224,7 +229,8 @@ def count_costs(artifacts: list[Artifact], profiles: Iterable[str] = DEFAULT_PRO
          "qemu": "qemu-aarch64 version ...", "plugin": "cost_plugin 1 <sha256 of cost_plugin.c, 12 hex>",
          "threads": 1, "steady_runs": n, "lengths": [...requested], "hash_seed": ...,
          "profiles": {profile: {"qemu_cpu", "description", "hwcaps", "errors": {file: why}, "fed_lengths": {file: {L: fed}},
-                                "steady_counts": {file: {L: [each steady run]}}, "steady_spread": max relative spread of the steady runs, "marker_overhead": int,
+                                "steady_counts": {file: {L: [each steady run]}},
+                                "threads_alive": most guest threads alive at a marker (1 expected), "steady_spread": max relative spread of the steady runs, "marker_overhead": int,
                                 "seconds", "cpu_seconds"}},
          "not_counted": {file: why}, "seconds": float}
     A file the aarch64 runtime cannot load or run is in profiles[p]["errors"] and absent from counts (for the caller
@@ -308,6 +314,8 @@ def compare_costs(current: dict, baseline: dict, max_increase: float) -> tuple[l
     counts not measured now, counts that fell by more than max_increase (time to renew the baseline), and counts
     from another QEMU or plugin version (when both sides carry them: such counts may differ by themselves).
     `current` and `baseline` are count_costs results or their "counts" mappings (also after a JSON round trip)."""
+    if not isinstance(current, dict) or not isinstance(baseline, dict):
+        raise PipelineError("cost comparison needs count_costs results (or their \"counts\" mappings)")
     if max_increase is None or not max_increase >= 0:
         raise PipelineError(f"[thresholds.cost] max_increase must be a number >= 0, not {max_increase!r}")
     now, base = _counts_of(current), _counts_of(baseline)

@@ -345,13 +345,16 @@ def provision_counting(root: Path, log) -> CountingEnv:
     header = {k: info[k] for k in ("qemu_source_version", "header_sha256", "debian_patches_on_header") if k in info}
     if info.get("qemu_source_version") != source_version or not (directory / "include" / HEADER).is_file():
         header = fetch_header(directory, source_version, log)
-    gcc = ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-Wno-unused-parameter",
-           f"-I{directory / 'include'}", str(PLUGIN_SOURCE), "-o", str(directory / "cost_plugin.so")]
-    _run(gcc, log)
-    log(f"  compiled {PLUGIN_SOURCE.name} against qemu-plugin.h of qemu {source_version}: {directory / 'cost_plugin.so'}")
-    write_sys(arm64.sysroot)
-    log(f"  fixed /sys for the guest: {len(sys_files())} files ({SYS_CPUS} Cortex-A76 cores, caches "
-        + "/".join(f"L{c[0]}{c[1][0].lower()} {c[2] // 1024}K" for c in CACHES) + ")")
+    if (header != {k: info.get(k) for k in header} or info.get("source_sha256") != source_sha256()
+            or info.get("qemu") != version or not (directory / "cost_plugin.so").is_file()):
+        gcc = ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-Wno-unused-parameter",
+               f"-I{directory / 'include'}", str(PLUGIN_SOURCE), "-o", str(directory / "cost_plugin.so")]
+        _run(gcc, log)
+        log(f"  compiled {PLUGIN_SOURCE.name} against qemu-plugin.h of qemu {source_version}: {directory / 'cost_plugin.so'}")
+    if info.get("sys") != sys_digest() or not (arm64.sysroot / "sys/devices/system/cpu/online").is_file():
+        write_sys(arm64.sysroot)
+        log(f"  fixed /sys for the guest: {len(sys_files())} files ({SYS_CPUS} Cortex-A76 cores, caches "
+            + "/".join(f"L{c[0]}{c[1][0].lower()} {c[2] // 1024}K" for c in CACHES) + ")")
     info = {**wanted, **header, "gcc": _run(["gcc", "-dumpfullversion"], log).stdout.strip()}
     env = CountingEnv(arm64, qemu, directory / "cost_plugin.so", info)
     log(f"  counting smoke test: {smoke(env)}")

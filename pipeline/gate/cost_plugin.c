@@ -16,8 +16,10 @@
  * imports, address-space layout), which whole-process totals are not.
  *
  * Output lines:   # cost_plugin VERSION api QEMU_PLUGIN_VERSION     (header)
- *                 k count                                          (one per marker, in order)
+ *                 k count threads                                  (one per marker, in order)
  *                 # exit count                                     (at exit: the whole process)
+ * where threads is the number of guest threads (vCPUs) alive at the marker: more than one means another thread
+ * could have added to the count between two markers.
  */
 #include <inttypes.h>
 #include <stdint.h>
@@ -27,7 +29,7 @@
 
 #include <qemu-plugin.h>
 
-#define COST_PLUGIN_VERSION "1"
+#define COST_PLUGIN_VERSION "2"
 #define MARKER_MAGIC 0x51C00000u /* close(MARKER_MAGIC + k), 0 <= k < 65536 */
 #define MARKER_MASK 0xFFFF0000u
 #define SYSCALL_CLOSE_AARCH64 57 /* the generic Linux syscall table of arm64 */
@@ -35,6 +37,7 @@
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 static uint64_t executed; /* guest instructions executed, all vCPUs */
+static int threads;        /* guest threads alive (vCPUs initialised and not exited) */
 static FILE *out;
 
 static void tb_translated(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -47,9 +50,19 @@ static void syscall_entered(qemu_plugin_id_t id, unsigned int vcpu_index, int64_
                             uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
 {
     if (num == SYSCALL_CLOSE_AARCH64 && (a1 & 0xFFFFFFFFu) == a1 && (a1 & MARKER_MASK) == MARKER_MAGIC) {
-        fprintf(out, "%" PRIu64 " %" PRIu64 "\n", a1 - MARKER_MAGIC, executed);
+        fprintf(out, "%" PRIu64 " %" PRIu64 " %d\n", a1 - MARKER_MAGIC, executed, __atomic_load_n(&threads, __ATOMIC_SEQ_CST));
         fflush(out);
     }
+}
+
+static void vcpu_started(qemu_plugin_id_t id, unsigned int vcpu_index)
+{
+    __atomic_add_fetch(&threads, 1, __ATOMIC_SEQ_CST);
+}
+
+static void vcpu_exited(qemu_plugin_id_t id, unsigned int vcpu_index)
+{
+    __atomic_sub_fetch(&threads, 1, __ATOMIC_SEQ_CST);
 }
 
 static void exiting(qemu_plugin_id_t id, void *data)
@@ -82,6 +95,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     fflush(out);
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_translated);
     qemu_plugin_register_vcpu_syscall_cb(id, syscall_entered);
+    qemu_plugin_register_vcpu_init_cb(id, vcpu_started);
+    qemu_plugin_register_vcpu_exit_cb(id, vcpu_exited);
     qemu_plugin_register_atexit_cb(id, exiting, NULL);
     return 0;
 }
