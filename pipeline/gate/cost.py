@@ -20,8 +20,8 @@ What makes the counts host-independent: markers instead of whole-process totals 
 layout and the environment's size are outside the marked intervals), one thread, Python's GC off while counting,
 QEMU's guest randomness seeded (-seed), a fixed PYTHONHASHSEED, and a fixed /sys in the sysroot (cpu topology,
 cache sizes: cost_env.py) besides the fixed /proc/cpuinfo, so that kernels are blocked for the same machine
-whatever the host. Repeat counts agree within 0.01% (tests/test_cost.py checks it with another environment size,
-working directory, hash seed and CPU affinity).
+whatever the host. Repeated steady counts agree within 0.01%, first counts within a few 1e-4 (tests/test_cost.py
+checks it with another environment size, working directory, hash seed and CPU affinity; docs/arm64_cost.md).
 
     count_costs(artifacts, profiles, lengths, encoded=... | tokenizer=...) -> plain data (see count_costs)
     compare_costs(current, baseline, max_increase) -> (failures, notes)

@@ -6,17 +6,18 @@ markers are the cost of exactly that inference.
         -m pipeline.gate.cost_worker JOB.json
 
 JOB.json: {"inputs": "in.npz" (per length L: ids_<L>, mask_<L>, types_<L>, each [1, L]),
-           "steady_runs": 3,
+           "steady_runs": 2,
            "files": [{"name", "path", "runtime", "input_names", "static_length": int | null, "max_length": int | null}],
            "lengths": [16, 64, "max"]}
 Writes <JOB>.out.json: the marker plan (which marker numbers enclose which inference) and, per file, the lengths
-it was counted at or why it was not. Imports nothing but numpy and pipeline.runtimes / pipeline.shapes.
+it was counted at or why it was not, the guest CPU's HWCAPs. Imports nothing but numpy, pipeline.runtimes,
+pipeline.shapes and arm64_worker.hwcaps (pure Python).
 
 Marker k is `os.close(MARKER_BASE + k)`: a syscall on a descriptor that cannot exist (EBADF), which the plugin
 records with the number of instructions executed so far. Per (file, length), the worker loads the file afresh and
 marks around the first inference after loading and around `steady_runs` further ones. Before any of that, every
 file is loaded and run once at its shortest length, unmarked: process-wide one-time set-up (lazy kernel tables,
-thread-pool creation, first-touch of code) is paid there, so a file's "first" does not depend on which files
+thread-pool creation, lazily bound library symbols) is paid there, so a file's "first" does not depend on which files
 were counted before it in the same process. Python's garbage collector is off while counting (a collection
 would land in whichever inference crossed its allocation threshold).
 """
@@ -126,7 +127,7 @@ def main(job_path: str) -> int:
     for length in rows:
         rows[length] = {"input_ids": arrays[f"ids_{length}"], "attention_mask": arrays[f"mask_{length}"],
                         "token_type_ids": arrays[f"types_{length}"]}
-    steady_runs = int(job.get("steady_runs", 3))
+    steady_runs = int(job.get("steady_runs", 2))
     mark = Markers()
     plan, files = [], {}
 
