@@ -1,4 +1,4 @@
-"""Cost gated like accuracy: aarch64 instructions per inference counted under QEMU (pipeline/gate/cost.py).
+"""Cost gated like accuracy: aarch64 instructions per inference counted under QEMU (pipeline/verify/arm64/cost.py).
 
 The counting tests run the real emulator with the project's TCG plugin (environment from `python -m pipeline
 arm64-setup`; missing, they FAIL naming that command, never skip). The repeatability test uses dynamic .tflite
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.gate.cost import compare_costs, cost_rows, resolve_lengths
+from pipeline.core.errors import PipelineError
+from pipeline.verify.arm64.cost import compare_costs, cost_rows, resolve_lengths
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 MAX = 64
@@ -78,7 +78,7 @@ def test_compare_costs_refuses_a_bad_limit(bad):
 # ------------------------------------------------------------------------------------------------------- inputs
 
 def test_cost_rows_from_encoded_texts_and_from_a_tokenizer():
-    from pipeline.tokenization import Encoded
+    from pipeline.core.tokenization import Encoded
 
     ids = np.array([[2, 10, 11, 3, 0, 0], [2, 12, 13, 14, 3, 0]], dtype=np.int64)
     encoded = Encoded(ids, (ids > 0).astype(np.int64), np.zeros_like(ids), 0)
@@ -105,7 +105,7 @@ def test_cost_rows_from_encoded_texts_and_from_a_tokenizer():
 
 
 def test_fixed_sys_holds_what_the_runtimes_read():
-    from pipeline.gate.cost_env import sys_files
+    from pipeline.verify.arm64.cost_env import sys_files
 
     files = sys_files()
     base = "sys/devices/system/cpu"
@@ -117,7 +117,7 @@ def test_fixed_sys_holds_what_the_runtimes_read():
 
 
 def test_missing_counting_environment_is_one_line_naming_the_setup_command(tmp_path, monkeypatch):
-    from pipeline.gate.cost_env import find_counting_env
+    from pipeline.verify.arm64.cost_env import find_counting_env
 
     monkeypatch.setenv("PIPELINE_ARM64_HOME", str(tmp_path / "no-env"))
     with pytest.raises(PipelineError) as err:
@@ -128,8 +128,8 @@ def test_missing_counting_environment_is_one_line_naming_the_setup_command(tmp_p
 
 def test_stale_plugin_is_reported_naming_the_setup_command(tmp_path, monkeypatch):
     """An environment whose plugin was built from another cost_plugin.c is not used (counts would not match)."""
-    from pipeline.gate.arm64_env import find_env
-    from pipeline.gate.cost_env import find_counting_env
+    from pipeline.verify.arm64.env import find_env
+    from pipeline.verify.arm64.cost_env import find_counting_env
 
     real = find_env().root
     fake = tmp_path / "env"
@@ -154,24 +154,24 @@ def cost_tflite(tmp_path_factory):
     no `import torch` (~20 G instructions, half a minute), so two counts take seconds of emulation."""
     from tiny import write_tiny_albert
 
-    from pipeline.config import TFLiteConfig
+    from pipeline.core.config import TFLiteConfig
     from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.stages import tflite as stage
-    from pipeline.tokenization import encode
+    from pipeline.lower import tflite as stage
+    from pipeline.core.tokenization import encode
 
     root = tmp_path_factory.mktemp("cost")
     model = load_checkpoint(write_tiny_albert(root / "m", embedding_size=128, hidden_size=256, num_hidden_layers=2,
                                               num_attention_heads=4, intermediate_size=2048), MAX)
     encoded = encode(model.tokenizer, TEXTS, MAX)
-    artifacts = stage.lower_tflite(model, TFLiteConfig(), MAX, root / "out", calibration=encoded, check=encoded,
-                                   log=lambda _: None, shapes="dynamic")
+    artifacts = stage.lower_tflite(stage.TFLiteJob(model, TFLiteConfig(), MAX, encoded, encoded, shapes="dynamic"),
+                                   root / "out", stage.Hooks(log=lambda _: None))
     return artifacts, encoded
 
 
 def _other_host(env, extra_bytes: int, cpus: str | None):
     """The same counting environment as seen from another host: a larger environment, another CPU affinity."""
-    from pipeline.gate.arm64_env import Arm64Env
-    from pipeline.gate.cost_env import CountingEnv
+    from pipeline.verify.arm64.env import Arm64Env
+    from pipeline.verify.arm64.cost_env import CountingEnv
 
     @dataclass
     class BigEnv(Arm64Env):
@@ -192,8 +192,8 @@ def test_counts_are_exact_across_hosts_and_grow_with_length(cost_tflite, tmp_pat
     """Two counts at once, as two hosts would make them: another environment size (3 KB), working directory
     (a deeper one), PYTHONHASHSEED, CPU affinity; ASLR on in both. The steady counts agree within 0.01% (the
     first inference's within 0.1%), and more tokens cost more instructions."""
-    from pipeline.gate.cost import count_costs
-    from pipeline.gate.cost_env import find_counting_env
+    from pipeline.verify.arm64.cost import count_costs
+    from pipeline.verify.arm64.cost_env import find_counting_env
 
     artifacts, encoded = cost_tflite
     env = find_counting_env()
@@ -239,9 +239,9 @@ def test_every_file_of_a_build_is_counted_or_said_not_to_be(tiny_builds):
     """The tiny build's folder as it is (ExecuTorch and LiteRT, fp32 and int8, MediaPipe twins): one emulator for
     the i8mm profile counts the four plain files at 16 and max_length (32) tokens; the MediaPipe files are listed
     as not counted, never silently dropped."""
-    from pipeline.artifact import Artifact, read_manifest
-    from pipeline.gate.cost import count_costs
-    from pipeline.tokenization import encode, load_tokenizer
+    from pipeline.core.artifact import Artifact, read_manifest
+    from pipeline.verify.arm64.cost import count_costs
+    from pipeline.core.tokenization import encode, load_tokenizer
 
     folder = tiny_builds["android"]
     manifest = read_manifest(folder)

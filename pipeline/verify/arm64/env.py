@@ -15,7 +15,7 @@ Layout of the cache (nothing of it lives in the repository):
                     is linked once per soname. The guest finds them through LD_LIBRARY_PATH.
     env.json        what was installed (pins, QEMU version, disk use); written last: its presence means "ready"
     cost/, sysroot/sys/   instruction counting (Debian's dynamic qemu-user with the project's TCG plugin) and a fixed
-                    /sys for the guest: provisioned by cost_env.py in the same command
+                    /sys for the guest: provisioned by cost_env.py in the same command (pipeline.api.arm64_setup)
 """
 from __future__ import annotations
 
@@ -353,7 +353,6 @@ def provision(log=print) -> Arm64Env:
             and (root / "sysroot/usr/bin/python3.11").is_file()):
         total = sum(ready.get("bytes", {}).values())
         log(f"already provisioned ({total / 1e9:.2f} GB); delete {root} to start over")
-        _provision_counting(root, log)
         return Arm64Env(root, shutil.which(QEMU), ready)
     (root / "env.json").unlink(missing_ok=True)  # not ready until the smoke test passed
     provision_sysroot(root, log)
@@ -380,13 +379,6 @@ def provision(log=print) -> Arm64Env:
     total = sum(sizes.values())
     log("  disk: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()) + f"; total {total / 1e9:.2f} GB"
         + " (pip's download cache not counted)")
-    _provision_counting(root, log)
     log(f"arm64-setup: ready in {time.perf_counter() - started:.0f} s")
     return Arm64Env(root, env.qemu, info)
 
-
-def _provision_counting(root: Path, log) -> None:
-    """The instruction-counting pieces (dynamic qemu-user, the TCG plugin, a fixed /sys): cost_env.py."""
-    from pipeline.gate.cost_env import provision_counting
-
-    provision_counting(root, log)

@@ -1,5 +1,5 @@
 """The instruction-counting half of the ARM64 emulation environment (provisioned by `python -m pipeline arm64-setup`,
-beside arm64_env.py's sysroot and wheels, in the same cache directory).
+beside env.py's sysroot and wheels, in the same cache directory).
 
 What counting needs that the ARM gate does not:
     qemu-aarch64    Debian's dynamic `qemu-user` (same QEMU version as the gate's qemu-aarch64-static). Only the
@@ -35,8 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.gate.arm64_env import SETUP_COMMAND, Arm64Env, _apt_install, _run, find_env, home
+from pipeline.core.errors import PipelineError
+from pipeline.verify.arm64.env import SETUP_COMMAND, Arm64Env, _apt_install, _run, find_env, home
 
 QEMU_DYNAMIC = "qemu-aarch64"
 QEMU_PACKAGE = "qemu-user"
@@ -46,7 +46,7 @@ HEADER = "qemu-plugin.h"
 
 # ---------------------------------------------------------------------------------------------- the fixed /sys
 
-SYS_CPUS = 2  # as the fixed proc/cpuinfo (arm64_env.CPUINFO)
+SYS_CPUS = 2  # as the fixed proc/cpuinfo (env.CPUINFO)
 MIDR = "0x00000000414fd0b1"  # Arm Cortex-A76 r4p1: implementer 0x41, variant 0x4, part 0xd0b, revision 1 (= cpuinfo)
 CACHES = (  # (level, type, size, ways, shared by all cores): Cortex-A76 with a 2 MB shared L3
     (1, "Data", 64 * 1024, 4, False),
@@ -92,7 +92,7 @@ def sys_files() -> dict[str, str]:
     return {path: text + "\n" if text else "" for path, text in files.items()}
 
 
-# Host settings under /proc that the guest reads at start-up (besides cpuinfo, arm64_env.CPUINFO): fixed too.
+# Host settings under /proc that the guest reads at start-up (besides cpuinfo, env.CPUINFO): fixed too.
 PROC_FILES = {"proc/sys/vm/overcommit_memory": "0\n"}
 
 

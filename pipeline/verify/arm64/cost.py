@@ -39,12 +39,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pipeline.artifact import Artifact
-from pipeline.errors import PipelineError
-from pipeline.gate.arm64 import PROFILES, REPO_ROOT
-from pipeline.gate.arm64_env import SETUP_COMMAND
-from pipeline.gate.cost_env import CountingEnv, find_counting_env
-from pipeline.shapes import is_dynamic, real_length, synthetic_row
+from pipeline.core.artifact import Artifact
+from pipeline.core.errors import PipelineError
+from pipeline.verify.arm64.emulate import PROFILES, REPO_ROOT
+from pipeline.verify.arm64.env import SETUP_COMMAND
+from pipeline.verify.arm64.cost_env import CountingEnv, find_counting_env
+from pipeline.core.shapes import is_dynamic, real_length, synthetic_row
 
 Log = Callable[[str], None]
 
@@ -158,7 +158,7 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
         job = {"inputs": str(work / "in.npz"), "steady_runs": steady_runs, "files": files, "lengths": list(lengths)}
         (work / "job.json").write_text(json.dumps(job))
         marks_path = work / "marks.txt"
-        command = env.command(qemu_cpu, marks_path, ["-m", "pipeline.gate.cost_worker", str(work / "job.json")])
+        command = env.command(qemu_cpu, marks_path, ["-m", "pipeline.verify.arm64.cost_worker", str(work / "job.json")])
         started = time.perf_counter()
         timeout = 900 + 600 * len(files) * max(1, len(rows))
         tail: list[str] = []

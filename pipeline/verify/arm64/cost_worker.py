@@ -3,7 +3,7 @@
 markers are the cost of exactly that inference.
 
     qemu-aarch64 -plugin cost_plugin.so,out=MARKS -cpu CPU -L SYSROOT SYSROOT/usr/bin/python3.11 \
-        -m pipeline.gate.cost_worker JOB.json
+        -m pipeline.verify.arm64.cost_worker JOB.json
 
 JOB.json: {"inputs": "in.npz" (per length L: ids_<L>, mask_<L>, types_<L>, each [1, L]),
            "steady_runs": 2,
@@ -11,7 +11,7 @@ JOB.json: {"inputs": "in.npz" (per length L: ids_<L>, mask_<L>, types_<L>, each 
            "lengths": [16, 64, "max"]}
 Writes <JOB>.out.json: the marker plan (which marker numbers enclose which inference) and, per file, the lengths
 it was counted at or why it was not, the guest CPU's HWCAPs. Imports nothing but numpy, pipeline.runtimes,
-pipeline.shapes and arm64_worker.hwcaps (pure Python).
+pipeline.core.shapes and runtimes.worker.hwcaps (pure Python).
 
 Marker k is `os.close(MARKER_BASE + k)`: a syscall on a descriptor that cannot exist (EBADF), which the plugin
 records with the number of instructions executed so far. Per (file, length), the worker loads the file afresh and
@@ -30,6 +30,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.shapes import pad
+from pipeline.runtimes import open_runner, set_threads
+from pipeline.runtimes.worker import hwcaps
 
 MARKER_BASE = 0x51C00000  # the plugin's MARKER_MAGIC
 NUM_THREADS = 1  # the counter is shared by all threads: counting is exact for one
@@ -116,9 +121,6 @@ def native_calls(runner, x: dict[str, np.ndarray]):
 
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
-    from pipeline.errors import PipelineError
-    from pipeline.runtimes import open_runner, set_threads
-    from pipeline.shapes import pad
 
     if any(spec["runtime"] == "executorch" for spec in job["files"]):  # (imports torch: only when needed)
         set_threads({"executorch"}, NUM_THREADS)  # before any program loads (ExecuTorch allows it only then)
@@ -206,7 +208,6 @@ def main(job_path: str) -> int:
     gc.disable()
     empty = [mark(), mark(), mark()]
     gc.enable()
-    from pipeline.gate.arm64_worker import hwcaps
 
     out = {"plan": plan, "files": files, "empty": [[empty[0], empty[1]], [empty[1], empty[2]]],
            "markers": mark.next, "num_threads": NUM_THREADS, "hwcaps": hwcaps()}
