@@ -192,7 +192,7 @@ def test_counts_are_exact_across_hosts_and_grow_with_length(cost_tflite, tmp_pat
     """Two counts at once, as two hosts would make them: another environment size (3 KB), working directory
     (a deeper one), PYTHONHASHSEED, CPU affinity; ASLR on in both. The steady counts agree within 0.01% (the
     first inference's within 0.1%), and more tokens cost more instructions."""
-    from pipeline.verify.arm64.cost import count_costs
+    from pipeline.verify.arm64.cost import CostRun, count_costs
     from pipeline.verify.arm64.cost_env import find_counting_env
 
     artifacts, encoded = cost_tflite
@@ -205,8 +205,8 @@ def test_counts_are_exact_across_hosts_and_grow_with_length(cost_tflite, tmp_pat
 
     def count(name):
         try:
-            results[name] = count_costs(artifacts, ["cortex-a76"], [32, "max"], encoded=encoded, max_length=MAX,
-                                        log=lines.append, **setups[name])
+            results[name] = count_costs(artifacts, CostRun(["cortex-a76"], [32, "max"], max_length=MAX, **setups[name]),
+                                        encoded=encoded, log=lines.append)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
@@ -240,14 +240,14 @@ def test_every_file_of_a_build_is_counted_or_said_not_to_be(tiny_builds):
     the i8mm profile counts the four plain files at 16 and max_length (32) tokens; the MediaPipe files are listed
     as not counted, never silently dropped."""
     from pipeline.core.artifact import Artifact, read_manifest
-    from pipeline.verify.arm64.cost import count_costs
+    from pipeline.verify.arm64.cost import CostRun, count_costs
     from pipeline.core.tokenization import encode, load_tokenizer
 
     folder = tiny_builds["android"]
     manifest = read_manifest(folder)
     artifacts = [Artifact.from_dict(folder, entry) for entry in manifest["files"]]
     encoded = encode(load_tokenizer(folder), TEXTS, 32)
-    result = count_costs(artifacts, ["i8mm"], [16, 64, "max"], encoded=encoded, max_length=32, steady_runs=1,
+    result = count_costs(artifacts, CostRun(["i8mm"], [16, 64, "max"], max_length=32, steady_runs=1), encoded=encoded,
                          log=print)
     counts = result["counts"]["i8mm"]
     assert sorted(counts) == ["albert.fp32.pte", "albert.fp32.tflite", "albert.int8.pte", "albert.int8.tflite"]

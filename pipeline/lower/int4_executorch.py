@@ -106,17 +106,11 @@ def recipe_details(recipe: Int4Recipe, model: nn.Module) -> dict:
     }
 
 
-def lower_int4(
-    export_model: nn.Module,
-    example_inputs: tuple[torch.Tensor, ...],
-    input_names: list[str],
-    out_path: Path,
-    recipe: Int4Recipe,
-    num_labels: int,
-    dynamic_shapes: tuple | None = None,
-) -> Artifact:
+def lower_int4(export_model: nn.Module, traced, out_path: Path, recipe: Int4Recipe, num_labels: int) -> Artifact:
     """The float export model -> quantize_int4 -> torch.export (same dynamic length as the other files) ->
-    XNNPACK -> `out_path` (the .pte). The size rule is the caller's (`lower_int4_checked` applies it)."""
+    XNNPACK -> `out_path` (the .pte), with the inputs and dynamic length of `traced` (pipeline/lower/trace.py).
+    The size rule is the caller's (`lower_int4_checked` applies it)."""
+    example_inputs, input_names, dynamic_shapes = traced.example_inputs, traced.input_names, traced.dynamic_shapes
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
@@ -153,7 +147,6 @@ def lower_int4(
 
 def lower_int4_checked(model, traced, out_path: Path, recipe: Int4Recipe) -> Artifact:
     """`lower_int4` for a LoadedModel and its Traced export (pipeline/lower/trace.py), then the size rule."""
-    artifact = lower_int4(model.export_model, traced.example_inputs, traced.input_names, out_path, recipe,
-                          model.spec.num_labels, traced.dynamic_shapes)
+    artifact = lower_int4(model.export_model, traced, out_path, recipe, model.spec.num_labels)
     check_size(artifact, model.num_parameters, model.spec.num_hidden_layers)
     return artifact

@@ -288,7 +288,7 @@ def _metrics(logits: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def lower_int4_tflite(float_artifact: Artifact, model, recipe: Int4Recipe, check_rows: list[dict[str, np.ndarray]],
-                      reference: np.ndarray, out_path: Path | None = None, builtin_rows: int | None = None) -> Artifact:
+                      reference: np.ndarray, out_path: Path | None = None) -> Artifact:
     """The verified float .tflite (an Artifact of the TFLite stage) -> `<name>.int4.tflite` beside it (or at
     `out_path`), checked with and without XNNPACK on `check_rows` against `reference` (the eager float logits of those
     rows, as the rows are fed: cut to their length for a dynamic file) and against the size rule; a file that fails
@@ -305,7 +305,7 @@ def lower_int4_tflite(float_artifact: Artifact, model, recipe: Int4Recipe, check
     scratch = out_path.with_name(out_path.name + ".unchecked")
     scratch.write_bytes(quantized)
     try:
-        check = check_int4_tflite(scratch, check_rows, reference, builtin_rows)
+        check = check_int4_tflite(scratch, check_rows, reference)
     except PipelineError:
         _reject(scratch, out_path)
         raise

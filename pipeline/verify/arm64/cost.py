@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -139,10 +140,28 @@ def _reap(proc: subprocess.Popen, timeout: float) -> float:
         time.sleep(0.2)
 
 
-def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], rows: dict[int, dict[str, np.ndarray]],
-                  lengths: list, max_length: int | None, steady_runs: int, hash_seed: int | None, log: Log,
-                  workdir: Path | None = None) -> dict:
+@dataclass
+class CostRun:
+    """How instructions are counted: which CPU profiles and lengths, and the knobs that keep counts repeatable.
+    lengths: token counts, "max" = each file's max_length; max_length: that of dynamic files (the manifest's);
+    jobs: emulator processes at once (default: one per profile, at most 2; counts do not depend on it); workdir:
+    where each emulator's job folder is made (its working directory); hash_seed: the guest's PYTHONHASHSEED."""
+
+    profiles: Iterable[str] = DEFAULT_PROFILES
+    lengths: Iterable = DEFAULT_LENGTHS
+    max_length: int | None = None
+    steady_runs: int = STEADY_RUNS
+    jobs: int | None = None
+    hash_seed: int | None = HASH_SEED
+    env: CountingEnv | None = None
+    workdir: str | Path | None = None
+
+
+def count_profile(profile: str, run: CostRun, artifacts: list[Artifact], rows: dict[int, dict[str, np.ndarray]],
+                  log: Log) -> dict:
     """One emulator process for one profile: {"counts": {file: {length: {"steady", "first"}}}, ...}."""
+    env, lengths, max_length, steady_runs = run.env, list(run.lengths), run.max_length, run.steady_runs
+    hash_seed, workdir = run.hash_seed, run.workdir
     qemu_cpu = PROFILES[profile][0]
     with tempfile.TemporaryDirectory(prefix=f"pipeline-cost-{profile}-", dir=workdir) as work:
         work = Path(work)
@@ -210,10 +229,8 @@ def count_profile(env: CountingEnv, profile: str, artifacts: list[Artifact], row
             "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(cpu, 1)}
 
 
-def count_costs(artifacts: list[Artifact], profiles: Iterable[str] = DEFAULT_PROFILES, lengths: Iterable = DEFAULT_LENGTHS,
-                *, encoded=None, tokenizer=None, max_length: int | None = None, steady_runs: int = STEADY_RUNS,
-                jobs: int | None = None, hash_seed: int | None = HASH_SEED, log: Log = print,
-                env: CountingEnv | None = None, workdir: str | Path | None = None) -> dict:
+def count_costs(artifacts: list[Artifact], run: CostRun | None = None, *, encoded=None, tokenizer=None,
+                log: Log = print) -> dict:
     """aarch64 instructions per inference of every .pte / .tflite in `artifacts`, per CPU profile and input length.
 
     lengths: token counts, "max" = each file's max_length (a static file's fixed length; `max_length` for dynamic
@@ -235,14 +252,15 @@ def count_costs(artifacts: list[Artifact], profiles: Iterable[str] = DEFAULT_PRO
          "not_counted": {file: why}, "seconds": float}
     A file the aarch64 runtime cannot load or run is in profiles[p]["errors"] and absent from counts (for the caller
     to fail); MediaPipe files (no aarch64 runtime here) are in not_counted."""
-    profiles = list(dict.fromkeys(profiles))
+    run = replace(run or CostRun(), profiles=list(dict.fromkeys((run or CostRun()).profiles)))
+    run = replace(run, lengths=list(run.lengths), env=run.env or find_counting_env())
+    profiles, lengths, max_length, steady_runs = run.profiles, run.lengths, run.max_length, run.steady_runs
+    env, hash_seed = run.env, run.hash_seed
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         raise PipelineError(f"unknown CPU profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     if steady_runs < 1:
         raise PipelineError("steady_runs must be at least 1")
-    lengths = list(lengths)
-    env = env or find_counting_env()
     not_counted = {a.file_name: f"{a.runtime}: no aarch64 runtime here (its plain .tflite twin is counted)"
                    for a in artifacts if a.runtime not in COUNTED_RUNTIMES}
     artifacts = [a for a in artifacts if a.runtime in COUNTED_RUNTIMES]
@@ -254,23 +272,22 @@ def count_costs(artifacts: list[Artifact], profiles: Iterable[str] = DEFAULT_PRO
         needed.update(resolve_lengths(lengths, limit))
     rows = cost_rows(needed, encoded=encoded, tokenizer=tokenizer) if needed else {}
     started = time.perf_counter()
-    jobs = max(1, min(jobs or min(len(profiles), 2), len(profiles) or 1))
+    jobs = max(1, min(run.jobs or min(len(profiles), 2), len(profiles) or 1))
     log(f"  cost: {len(artifacts)} file(s) x {len(profiles)} profile(s) ({', '.join(profiles)}) x lengths "
         f"{sorted(needed)}, 1 thread, first + {steady_runs} steady inferences each, {jobs} emulator(s) at once")
     results: dict[str, dict] = {}
     failures: list[BaseException] = []
 
-    def run(profile: str) -> None:
+    def count(profile: str) -> None:
         try:
-            results[profile] = count_profile(env, profile, artifacts, rows, lengths, max_length, steady_runs,
-                                             hash_seed, log, workdir)
+            results[profile] = count_profile(profile, run, artifacts, rows, log)
         except BaseException as err:  # noqa: BLE001  re-raised in the caller's thread
             failures.append(err)
 
     pending = list(profiles)
     while pending and not failures:
         batch, pending = pending[:jobs], pending[jobs:]
-        threads = [threading.Thread(target=run, args=(p,)) for p in batch]
+        threads = [threading.Thread(target=count, args=(p,)) for p in batch]
         for t in threads:
             t.start()
         for t in threads:
