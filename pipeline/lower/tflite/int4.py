@@ -37,7 +37,7 @@ from pipeline.core.config import Int4Recipe, check_int4_recipe
 from pipeline.core.errors import PipelineError
 from pipeline.lower.int4_executorch import kept_int8, linear_names, recipe_details
 from pipeline.runtimes import LiteRTRunner
-from pipeline.formats.tflite_flatbuffer import builtin_code, constant, litert_schema, pack_model, read_model, text
+from pipeline.formats.tflite_flatbuffer import builtin_code, constant, litert_schema, opcode_index, pack_model, read_model, text
 
 # The sanity gate applied here to both kernel sets, before a file gets its final name (gross errors only: the
 # validate stage judges the file on the whole eval set with [thresholds.int4]). The two kernel sets quantize the
@@ -49,18 +49,6 @@ INDEX_TYPES = (2, 4)  # TensorType INT32, INT64
 
 
 # --- 1. the vocabulary table: GATHER -> EMBEDDING_LOOKUP in the float file -------------------------------------
-
-
-def _opcode_index(model, schema, builtin: int) -> int:
-    for index, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0) == builtin:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 def gather_to_embedding_lookup(fp32: bytes, vocab_size: int) -> tuple[bytes, dict]:
@@ -93,7 +81,7 @@ def gather_to_embedding_lookup(fp32: bytes, vocab_size: int) -> tuple[bytes, dic
     cast = None
     if graph.tensors[ids_index].type == schema.TensorType.INT64:  # EMBEDDING_LOOKUP takes int32 ids: CAST first
         ids_index, cast = _cast_to_int32(model, graph, schema, ids_index, graph.operators.index(op))
-    op.opcodeIndex = _opcode_index(model, schema, ops.EMBEDDING_LOOKUP)
+    op.opcodeIndex = opcode_index(model, schema, ops.EMBEDDING_LOOKUP)
     op.inputs = np.asarray([ids_index, table_index], dtype=np.int32)
     op.builtinOptionsType, op.builtinOptions = 0, None
     table = graph.tensors[table_index]
@@ -118,7 +106,7 @@ def _cast_to_int32(model, graph, schema, source: int, position: int) -> tuple[in
     options = schema.CastOptionsT()
     options.inDataType, options.outDataType = schema.TensorType.INT64, schema.TensorType.INT32
     cast = schema.OperatorT()
-    cast.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.CAST)
+    cast.opcodeIndex = opcode_index(model, schema, schema.BuiltinOperator.CAST)
     cast.inputs = np.asarray([source], dtype=np.int32)
     cast.outputs = np.asarray([output], dtype=np.int32)
     cast.builtinOptionsType = schema.BuiltinOptions.CastOptions
