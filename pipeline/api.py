@@ -20,7 +20,8 @@ from pipeline.core.options import Arm64Options, BenchOptions, BuildOptions, Comp
 from pipeline.bench import bench as run_bench
 from pipeline.gate.validate import validate_folder
 from pipeline.verify.arm64.emulate import require_env
-from pipeline.verify.arm64.env import provision
+from pipeline.verify.arm64.cost_env import provision_counting
+from pipeline.verify.arm64.env import home, provision
 
 Log = Callable[[str], None]
 RUNTIMES = ("executorch", "litert")
@@ -105,8 +106,9 @@ def compress(options: CompressOptions, log: Log = print) -> Path:
 
 
 def arm64_setup(log: Log = print) -> None:
-    """Provision the ARM64 emulation environment (idempotent)."""
+    """Provision the ARM64 emulation environment and what counting instructions needs (idempotent)."""
     provision(log)
+    provision_counting(home(), log)
 
 
 __all__ = ["Arm64Options", "BenchOptions", "BuildOptions", "CompressConfig", "CompressOptions", "DriftError",

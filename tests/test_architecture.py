@@ -241,3 +241,19 @@ def test_the_checks_see_what_they_check():
     _scan(module, {"pipeline.core.a", "pipeline.model.m", "pipeline.lower.l"}, source)
     assert module.imports == {"pipeline.core.a"} and module.third_party == {"numpy"}
     assert module.deferred == [(6, "pipeline.model.m")]
+
+
+def test_no_function_takes_more_than_six_parameters():
+    """One context object instead of loose parameters: self/cls not counted, *args/**kwargs counted."""
+    import ast
+
+    crowded = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+                if len(names) > 6:
+                    crowded.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({len(names)})")
+    assert crowded == []

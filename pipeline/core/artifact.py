@@ -121,7 +121,10 @@ def _verify_entry(path: Path, root: Path, entry: dict) -> None:
 # parameters) and a part per layer call for the ops, tensor names and shapes (onnx2tf ~12 KB a layer,
 # litert-torch ~40 KB with its long names). The allowance is most of a tiny file and noise for a real model, where
 # one duplicated shared layer costs megabytes.
-BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+# int4: 4-bit weights; a 4-bit file that kept its vocabulary table or its linears at 8 bits (or float) exceeds the limit
+# on any model whose weights outweigh the graph allowance (default model: limit 4.11 MB, 4-bit files 3.5 MB, the
+# same with an int8 table 4.3 MB; docs/int4.md).
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 SIZE_FACTOR = 1.25
 SIZE_OVERHEAD_BYTES = 256 * 1024
 SIZE_OVERHEAD_BYTES_PER_LAYER = 48 * 1024
@@ -142,5 +145,6 @@ def check_size(artifact: Artifact, num_parameters: int, num_layers: int) -> None
         per_weight = BYTES_PER_WEIGHT.get(artifact.precision.split("-")[0], 4)
         raise PipelineError(
             f"{size:,} bytes exceed {limit:,} ({SIZE_FACTOR} x {num_parameters:,} parameters x {per_weight} B + graph "
-            f"allowance for {num_layers} layers): shared layers are stored more than once (or tables were left in float)",
+            f"allowance for {num_layers} layers): shared layers are stored more than once (or tables were left in "
+            f"float, or weights kept at more bits than {artifact.precision})",
             artifact.path)

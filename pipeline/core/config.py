@@ -6,7 +6,8 @@ silently falls back to a default:
     [build]            BuildConfig
     [quantize]         QuantizeConfig
     [tflite]           TFLiteConfig
-    [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.fp16])
+    [int4.executorch]  Int4Recipe of albert.int4.pte (likewise [int4.litert] for albert.int4.tflite)
+    [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.int4], [thresholds.fp16])
     [thresholds.mediapipe-fp32]  MediaPipe files, text in, probabilities (likewise [thresholds.mediapipe-int8])
     [thresholds.artifacts."albert.int8.tflite"]   per-artifact overrides
     [compress]         CompressConfig
@@ -44,6 +45,10 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(max_abs_error=1e-3, min_cosine=0.99999, min_top1_agreement=0.999, max_accuracy_drop=0.002),
     "fp16": Thresholds(max_abs_error=2e-2, min_cosine=0.9999, min_top1_agreement=0.99, max_accuracy_drop=0.01),
     "int8": Thresholds(max_abs_error=0.5, min_cosine=0.99, min_top1_agreement=0.95, max_accuracy_drop=0.02),
+    # 4-bit weights, int8 dynamic activations. Default model, 1000 eval reviews, the default recipes (docs/int4.md):
+    # max abs error 0.91-1.07, cosine 0.990-0.995, top-1 agreement 0.969-0.974, accuracy -0.3/-0.4 points (.pte; .tflite
+    # with and without XNNPACK). Top-1 and accuracy: the project's 4-bit target; the other two leave ~2x room.
+    "int4": Thresholds(max_abs_error=2.0, min_cosine=0.98, min_top1_agreement=0.95, max_accuracy_drop=0.01),
     # MediaPipe files, text in through MediaPipe's own tokenizer, vs the float reference's softmax: max_abs_error is
     # a probability error and includes tokenizer drift (accented words become [UNK] on the device). Measured on
     # the default model, 1000 eval reviews: see README ("MediaPipe Tasks").
@@ -79,6 +84,52 @@ class QuantizeConfig:
     keep_float: list[str] = field(default_factory=lambda: ["layernorm"], metadata={"choices": ("layernorm", "gelu")})
     # Modules kept in float by name (the gate's --auto-fallback writes these), e.g. "albert.pooler".
     keep_float_names: list[str] = field(default_factory=list)
+
+
+INT4_WEIGHTS = ("group", "channel")
+INT4_KEEP_INT8 = ("embedding_hidden_mapping_in",)  # see Int4Recipe.keep_int8
+
+
+@dataclass
+class Int4Recipe:
+    """The recipe of one 4-bit file (4-bit weights, int8 activations quantized per inference); written to the
+    artifact's details (`details.quantization.recipe`). Defaults per runtime (`default_int4_executorch`,
+    `default_int4_litert`), chosen by the measurements in docs/int4.md."""
+
+    # Linear weights: "group" (one scale per `group_size` inputs of an output channel) or "channel" (one scale per
+    # output channel). LiteRT's builtin kernels compute blockwise 4-bit FULLY_CONNECTED wrongly: the .tflite default
+    # is "channel" (pipeline/lower/tflite/int4.py).
+    weights: str = "group"
+    group_size: int = field(default=32, metadata={"min": 16})
+    # The vocabulary table (V x E: a third of the default model's parameters): 4 or 8 bits, one scale per group of
+    # `embedding_group_size` values of a row (0: one per row).
+    embedding_bits: int = field(default=4, metadata={"min": 4, "max": 8})
+    embedding_group_size: int = field(default=32, metadata={"min": 0})
+    # Linears kept at 8 bits (per channel) by module name ("classifier", "albert.pooler") or by the end of one
+    # ("attention.dense": that linear of every layer group). Default: the E -> H mapping after the embedding, the
+    # most sensitive linear of the default model (.pte top-1 agreement 0.955 -> 0.974) at 25 k weights (+12 kB).
+    keep_int8: list[str] = field(default_factory=lambda: list(INT4_KEEP_INT8))
+
+
+def default_int4_executorch() -> Int4Recipe:
+    """albert.int4.pte: blocks of 32 for the linears (XNNPACK computes them right, and they agree more than one
+    scale per channel), table per group of 32."""
+    return Int4Recipe(weights="group", group_size=32, embedding_bits=4, embedding_group_size=32)
+
+
+def default_int4_litert() -> Int4Recipe:
+    """albert.int4.tflite: one scale per channel for the linears (LiteRT's builtin kernels get blocks wrong), table
+    per block of 32 (per row costs 366 kB more: TFLite stores an int64 zero point beside every row's scale), and the
+    first layer group's value projection at 8 bits too (+74 kB; top-1 agreement 0.964 -> 0.973 on the test reviews,
+    0.966 -> 0.983 on 1000 train reviews where it was chosen; docs/int4.md)."""
+    return Int4Recipe(weights="channel", embedding_bits=4, embedding_group_size=32,
+                      keep_int8=[*INT4_KEEP_INT8, "albert_layer_groups.0.albert_layers.0.attention.value"])
+
+
+@dataclass
+class Int4Config:
+    executorch: Int4Recipe = field(default_factory=default_int4_executorch)
+    litert: Int4Recipe = field(default_factory=default_int4_litert)
 
 
 @dataclass
@@ -172,6 +223,7 @@ class PipelineConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     tflite: TFLiteConfig = field(default_factory=TFLiteConfig)
+    int4: Int4Config = field(default_factory=Int4Config)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
 
@@ -276,6 +328,39 @@ def _thresholds(values: dict[str, Any], where: str) -> ThresholdConfig:
     return result
 
 
+def _int4(values: dict[str, Any], where: str) -> Int4Config:
+    """[int4.executorch] / [int4.litert]: each overrides its runtime's default recipe key by key."""
+    result = Int4Config()
+    if not isinstance(values, dict):
+        raise PipelineError(f"[{where}] must be a table of settings, not {type(values).__name__} {values!r}")
+    unknown = sorted(set(values) - {"executorch", "litert"})
+    if unknown:
+        raise PipelineError(f"unknown key(s) {unknown} in [{where}]; known: ['executorch', 'litert']")
+    for runtime, section in values.items():
+        base = dataclasses.asdict(getattr(result, runtime))
+        if not isinstance(section, dict):
+            raise PipelineError(f"[{where}.{runtime}] must be a table of settings, not {type(section).__name__}")
+        unknown = sorted(set(section) - set(base))
+        if unknown:
+            raise PipelineError(f"unknown key(s) {unknown} in [{where}.{runtime}]; known: {sorted(base)}")
+        base.update(section)
+        recipe = _fill(Int4Recipe, base, f"{where}.{runtime}")
+        check_int4_recipe(recipe, f"{where}.{runtime}")
+        setattr(result, runtime, recipe)
+    return result
+
+
+def check_int4_recipe(recipe: Int4Recipe, where: str = "int4") -> Int4Recipe:
+    if recipe.weights not in INT4_WEIGHTS:
+        raise PipelineError(f"[{where}] weights must be one of {list(INT4_WEIGHTS)}, not {recipe.weights!r}")
+    if recipe.embedding_bits not in (4, 8):
+        raise PipelineError(f"[{where}] embedding_bits must be 4 or 8, not {recipe.embedding_bits}")
+    for name, size in (("group_size", recipe.group_size), ("embedding_group_size", recipe.embedding_group_size)):
+        if size and size % 16:
+            raise PipelineError(f"[{where}] {name} must be a multiple of 16, not {size}")
+    return recipe
+
+
 def load_config(path: str | Path | None) -> PipelineConfig:
     """Defaults, overridden by the TOML file at `path` when given."""
     config = PipelineConfig()
@@ -295,8 +380,10 @@ def load_config(path: str | Path | None) -> PipelineConfig:
                 setattr(config, key, _fill(sections[key], value, key))
             elif key == "thresholds":
                 config.thresholds = _thresholds(value, key)
+            elif key == "int4":
+                config.int4 = _int4(value, key)
             else:
-                raise PipelineError(f"unknown section [{key}]; known: {sorted([*sections, 'thresholds'])}")
+                raise PipelineError(f"unknown section [{key}]; known: {sorted([*sections, 'int4', 'thresholds'])}")
         except PipelineError as err:
             raise PipelineError(str(err), path) from None
     return config

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import PipelineError
-from pipeline.formats.tflite_flatbuffer import MAX_LENGTH_KEY, opcode_builtin, pack_model, read_model, text
+from pipeline.formats.tflite_flatbuffer import MAX_LENGTH_KEY, opcode_builtin, opcode_index, pack_model, read_model, text
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -83,18 +83,6 @@ def _canonical(name: str) -> str | None:
         if known in name:
             return known
     return None
-
-
-def _op_index(model, fb, builtin: int) -> int:
-    for i, code in enumerate(model.operatorCodes or []):
-        if opcode_builtin(code) == builtin:
-            return i
-    code = fb.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 def _new_tensor(model, fb, subgraph, name: str, shape: list[int], dtype: int) -> int:
@@ -180,8 +168,8 @@ def rewrite_graph(tflite: bytes, max_length: int | None = None, classes: int | N
         raise PipelineError(f"the output must be float32 [1, C] logits; got type {subgraph.tensors[logits].type} "
                             f"shape {out_shape}")
 
-    cast = _op_index(model, fb, fb.BuiltinOperator.CAST)
-    softmax = _op_index(model, fb, fb.BuiltinOperator.SOFTMAX)
+    cast = opcode_index(model, fb, fb.BuiltinOperator.CAST)
+    softmax = opcode_index(model, fb, fb.BuiltinOperator.SOFTMAX)
     front, new_inputs = [], []
     for role in INPUT_ORDER:
         old = roles[role]
@@ -231,7 +219,7 @@ def probe_graph(max_length: int) -> bytes:
     inputs = [_new_tensor(model, fb, subgraph, role, [1, max_length], fb.TensorType.INT32) for role in INPUT_ORDER]
     out = _new_tensor(model, fb, subgraph, OUTPUT_NAME, [1, max_length], fb.TensorType.FLOAT32)
     op = fb.OperatorT()
-    op.opcodeIndex = _op_index(model, fb, fb.BuiltinOperator.CAST)
+    op.opcodeIndex = opcode_index(model, fb, fb.BuiltinOperator.CAST)
     op.inputs = np.asarray([inputs[0]], dtype=np.int32)
     op.outputs = np.asarray([out], dtype=np.int32)
     op.builtinOptionsType = fb.BuiltinOptions.CastOptions

@@ -89,3 +89,16 @@ def constant(model, tensor, dtype) -> np.ndarray | None:
 def text(value) -> str:
     """A flatbuffer string field as str (the object API gives bytes; None is "")."""
     return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def opcode_index(model, schema, builtin: int) -> int:
+    """The index of `builtin`'s operator code in `model` (an unpacked ModelT), added when the model has none."""
+    for i, code in enumerate(model.operatorCodes or []):
+        if opcode_builtin(code) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1

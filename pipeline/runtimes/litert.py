@@ -12,13 +12,17 @@ from pipeline.runtimes.base import Runner, canonical_input_name, register
 
 @register("litert")
 class LiteRTRunner(Runner):
-    def __init__(self, path: Path, input_names: list[str] | None = None, num_threads: int = 2):
+    def __init__(self, path: Path, input_names: list[str] | None = None, num_threads: int = 2, delegates: bool = True):
+        """`delegates=False`: LiteRT's builtin kernels only, no XNNPACK (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES),
+        what an app runs that does not apply the delegate."""
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError as err:
             raise PipelineError(f"the LiteRT interpreter (ai-edge-litert) is not installed ({err})", path) from None
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                                            experimental_op_resolver_type=resolver)
             self._runner = self._interpreter.get_signature_runner()
         except Exception as err:
             raise PipelineError(f"LiteRT cannot load the model ({type(err).__name__}: {err})", path) from None

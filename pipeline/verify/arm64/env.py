@@ -14,6 +14,8 @@ Layout of the cache (nothing of it lives in the repository):
                     symbol those libraries import from the missing sonames, each returning an error code, and
                     is linked once per soname. The guest finds them through LD_LIBRARY_PATH.
     env.json        what was installed (pins, QEMU version, disk use); written last: its presence means "ready"
+    cost/, sysroot/sys/   instruction counting (Debian's dynamic qemu-user with the project's TCG plugin) and a fixed
+                    /sys for the guest: provisioned by cost_env.py in the same command (pipeline.api.arm64_setup)
 """
 from __future__ import annotations
 
@@ -379,3 +381,4 @@ def provision(log=print) -> Arm64Env:
         + " (pip's download cache not counted)")
     log(f"arm64-setup: ready in {time.perf_counter() - started:.0f} s")
     return Arm64Env(root, env.qemu, info)
+
