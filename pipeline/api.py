@@ -25,7 +25,7 @@ from pipeline.verify.arm64.env import home, provision
 
 Log = Callable[[str], None]
 RUNTIMES = ("executorch", "litert")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int4")
 
 
 def check_build_options(options: BuildOptions) -> None:

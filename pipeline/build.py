@@ -28,13 +28,15 @@ from pipeline.core.cache import StageCache, pid_alive, remove_stale
 from pipeline.core.config import PipelineConfig
 from pipeline.core.data import LabeledTexts, load_labeled_file, load_small_fine_foods, sha256_file
 from pipeline.core.errors import DriftError, PipelineError
-from pipeline.core.shapes import ShapeContract, check_shapes, sweep_rows
+from pipeline.core.shapes import ShapeContract, check_shapes, eval_rows, is_dynamic, sweep_rows
 from pipeline.core.stage import ARRAY, ARTIFACTS, JSON, OUTPUTS, Context, Stage, StageTimer, run_cached
 from pipeline.core.tokenization import Encoded, clean_text, encode
 from pipeline.formats.mediapipe import device_tokenizer
 from pipeline.lower.executorch import executorch_file
+from pipeline.lower.int4_executorch import lower_int4_checked
 from pipeline.lower.mediapipe import SUFFIX as MEDIAPIPE_SUFFIX, make_files
 from pipeline.lower.tflite import Hooks, TFLiteJob, lower_tflite
+from pipeline.lower.tflite.int4 import lower_int4_tflite
 from pipeline.lower.trace import Traced, trace
 from pipeline.model.checkpoint import LoadedModel, load_checkpoint
 from pipeline.model.default import default_model_dir
@@ -82,9 +84,14 @@ def reference_stage(bc: BuildContext) -> Stage[np.ndarray]:
 
 
 def executorch_stage(bc: BuildContext, precision: str) -> Stage[list[Artifact]]:
-    """`<name>.<precision>.pte`: fp32, or int8 by the quantization recipe calibrated on the calibration rows."""
+    """`<name>.<precision>.pte`: fp32; int8 by the quantization recipe calibrated on the calibration rows; int4 by
+    the [int4.executorch] recipe (4-bit weights, int8 dynamic activations: nothing to calibrate)."""
     b, recipe = bc.config.build, bc.config.quantize
     out = bc.run.workdir / f"{b.name}.{precision}.pte"
+    if precision == "int4":
+        int4 = bc.config.int4.executorch
+        return Stage("executorch-int4", [bc.model.source_sha256, b.max_length, b.name, asdict(int4), bc.shapes],
+                     lambda: [lower_int4_checked(bc.model, bc.traced, out, int4)], ARTIFACTS, label=f"lower {out.name}")
     key = [asdict(recipe), bc.calibration.input_ids.tolist()[: recipe.calibration_samples]] if precision == "int8" else None
     return Stage(f"executorch-{precision}", [bc.model.source_sha256, b.max_length, b.name, key, bc.shapes],
                  lambda: [executorch_file(bc.model, bc.traced, precision, recipe, bc.calibration, out)], ARTIFACTS,
@@ -99,6 +106,17 @@ def tflite_stage(bc: BuildContext, hooks: Hooks) -> Stage[list[Artifact]]:
     return Stage("litert", [bc.model.source_sha256, b.max_length, b.name, asdict(config), calibration_key,
                             bc.check.input_ids.tolist(), bc.shapes],
                  lambda: lower_tflite(job, bc.run.workdir, hooks), ARTIFACTS, label="lower tflite")
+
+
+def int4_tflite_stage(bc: BuildContext, float_file: Artifact, reference: np.ndarray) -> Stage[list[Artifact]]:
+    """`<name>.int4.tflite` from the verified fp32 .tflite by the [int4.litert] recipe, checked with and without
+    XNNPACK on the check rows before it is kept (cached by the float file's hash and the recipe)."""
+    recipe, rows = bc.config.int4.litert, eval_rows(bc.check, is_dynamic(float_file))
+    out = bc.run.workdir / float_file.file_name.replace(".fp32.", ".int4.")
+    return Stage("litert-int4", [sha256_file(float_file.path), bc.model.source_sha256, asdict(recipe),
+                                 bc.check.input_ids.tolist()],
+                 lambda: [lower_int4_tflite(float_file, bc.model, recipe, rows, reference[:CHECK_ROWS], out)],
+                 ARTIFACTS, label=f"lower {out.name}")
 
 
 def mediapipe_stage(bc: BuildContext, plain: list[Artifact]) -> Stage[list[Artifact]]:
@@ -120,8 +138,9 @@ def outputs_stage(job: FileJob, run: Callable[[], FileOutputs]) -> Stage[tuple[n
             raise PipelineError(got.error, job.artifact.path)
         return got.outputs, got.latencies
 
-    return Stage("outputs", [sha256_file(job.artifact.path), job.artifact.runtime, inputs], outputs, OUTPUTS,
-                 label=f"run {job.artifact.file_name}")
+    delegates = [] if job.delegates else ["builtin kernels"]  # keeps the keys of delegated runs as they were
+    return Stage("outputs", [sha256_file(job.artifact.path), job.artifact.runtime, inputs, *delegates], outputs, OUTPUTS,
+                 label=f"run {job.key}")
 
 
 def cached_outputs(bc: BuildContext):
@@ -131,7 +150,7 @@ def cached_outputs(bc: BuildContext):
         fresh = run_contained(missing) if missing else {}
         found = {}
         for job in jobs:
-            name = job.artifact.file_name
+            name = job.key
             got = fresh.get(name)
             if got is not None and got.error is not None:  # never cached: it is reported (exit 2)
                 found[name] = got
@@ -199,7 +218,11 @@ def build_target(bc: BuildContext, out_root: Path) -> Path:
         if "executorch" in b.runtimes:
             for precision in b.precisions:
                 artifacts += run_cached(executorch_stage(bc, precision), ctx)
-        artifacts += [a for a in tflite.result() if a.precision.split("-")[0] in b.precisions]
+        converted = tflite.result()
+        artifacts += [a for a in converted if a.precision.split("-")[0] in b.precisions]
+        if "int4" in b.precisions and converted:
+            float_file = next(a for a in converted if a.precision == "fp32")
+            artifacts += run_cached(int4_tflite_stage(bc, float_file, reference), ctx)
     if not artifacts:
         raise PipelineError(f"no artifacts to build: runtimes {b.runtimes}, precisions {b.precisions}")
     with_twins = b.mediapipe and any(a.runtime == "litert" for a in artifacts)

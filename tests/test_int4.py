@@ -195,3 +195,89 @@ def test_int4_config_section_and_thresholds(tmp_path):
         config.write_text(text)
         with pytest.raises(PipelineError, match=message):
             load_config(config)
+
+
+# --- int4 as a build precision: the build, the gate, the builtin-kernel run -------------------------------------
+
+def _run_cli(*args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+
+
+def _copy_with_file(folder, tmp_path, name: str, data: bytes):
+    """A copy of the folder with `name` replaced by `data` and the manifest's hash and size made to match."""
+    import hashlib
+    import json
+    import shutil
+
+    copy = tmp_path / "folder"
+    shutil.copytree(folder, copy)
+    (copy / name).write_bytes(data)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == name)
+    entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_build_with_int4_bundles_both_4bit_files_and_a_mediapipe_twin_within_the_size_rule(tiny_int4_build):
+    import json
+
+    from pipeline.core.config import default_int4_executorch, default_int4_litert
+
+    manifest = json.loads((tiny_int4_build / "manifest.json").read_text())
+    files = {f["path"]: f for f in manifest["files"]}
+    assert {"albert.int4.pte", "albert.int4.tflite", "albert.int4.mediapipe.tflite"} <= set(files)
+    assert not any(".int8." in name for name in files)  # only the precisions asked for
+    params = manifest["model"]["params"]
+    for name, recipe in (("albert.int4.pte", default_int4_executorch()), ("albert.int4.tflite", default_int4_litert())):
+        entry = files[name]
+        assert entry["precision"] == "int4" and entry["passed"]
+        assert entry["details"]["quantization"]["recipe"] == asdict(recipe)  # the recipe as data
+        assert all(-1 in t["shape"] for t in entry["inputs"])  # the dynamic length the other files have
+        # the size rule's int4 limit (the default model's files are at 0.60-0.62 B/param: docs/int4.md; a tiny model's
+        # fixed parts weigh more), and well under the 1 B/param an 8-bit file needs
+        layers = manifest["model"]["architecture"]["num_hidden_layers"]
+        assert entry["bytes"] <= size_limit(params, layers, "int4") and entry["bytes"] < 0.7 * params
+    builtin = files["albert.int4.tflite"]["no_xnnpack"]  # run again without XNNPACK, and gated
+    assert builtin["gated"] and builtin["top1_agreement"] >= DEFAULT_THRESHOLDS["int4"].min_top1_agreement
+    assert manifest["thresholds"]["int4"]["min_top1_agreement"] == DEFAULT_THRESHOLDS["int4"].min_top1_agreement
+    twin = files["albert.int4.mediapipe.tflite"]
+    assert twin["runtime"] == "mediapipe" and twin["passed"] and twin["bytes"] < files["albert.int4.tflite"]["bytes"] * 1.1
+
+
+def test_validate_runs_the_4bit_tflite_with_and_without_xnnpack(tiny_int4_build, tiny_int4_thresholds, tmp_path):
+    import json
+
+    done = _run_cli("validate", "--artifacts", str(tiny_int4_build), "--thresholds", str(tiny_int4_thresholds),
+                    "--report-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if "albert.int4.tflite" in line and "PASS" in line]
+    assert any("[no XNNPACK]" in line for line in lines) and any("[no XNNPACK]" not in line for line in lines)
+    report = json.loads((tmp_path / "report.json").read_text())
+    entry = next(a for a in report["artifacts"] if a["path"] == "albert.int4.tflite")
+    assert entry["no_xnnpack"]["gated"]
+    assert "builtin kernels only" in (tmp_path / "report.md").read_text()
+
+
+def test_validate_fails_a_4bit_tflite_that_only_the_builtin_kernels_get_wrong(tiny_int4_build, tiny_int4_thresholds,
+                                                                              tmp_path):
+    """A blockwise 4-bit .tflite passes with XNNPACK and is wrong with LiteRT's builtin kernels: the gate fails it
+    (exit 1), naming the builtin run, though its XNNPACK run passes."""
+    from pipeline.lower.int4_executorch import linear_names
+    from pipeline.lower.tflite.int4 import quantize_tflite
+
+    model = load_checkpoint(tiny_int4_build.parent.parent / "model", 32)
+    modules = dict(model.export_model.named_modules())
+    linears = {n: modules[n].weight.detach().numpy() for n in linear_names(model.export_model)}
+    blockwise, _ = quantize_tflite((tiny_int4_build / "albert.fp32.tflite").read_bytes(),
+                                   Int4Recipe(weights="group", group_size=32, embedding_group_size=32),
+                                   model.spec.vocab_size, linears)
+    folder = _copy_with_file(tiny_int4_build, tmp_path, "albert.int4.tflite", blockwise)
+    done = _run_cli("validate", "--artifacts", str(folder), "--thresholds", str(tiny_int4_thresholds))
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "albert.int4.tflite [no XNNPACK]" in done.stderr
+    passed = [line for line in done.stdout.splitlines() if line.strip().startswith("albert.int4.tflite (litert): PASS")]
+    assert passed, done.stdout[-2000:]

@@ -20,9 +20,18 @@ def read_model(tflite: bytes, schema=None):
     """The flatbuffer as a mutable ModelT (`schema`: the generated module to use; LiteRT's by default)."""
     schema = schema or litert_schema()
     try:
-        return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
     except Exception as err:
         raise PipelineError(f"not a TFLite flatbuffer ({type(err).__name__}: {err})") from None
+    for buffer in model.buffers or []:
+        # Buffers stored after the flatbuffer (offset/size from the file's start; ai-edge-quantizer writes some):
+        # taken in, since pack_model writes a new flatbuffer with nothing after it.
+        if buffer.offset is not None and buffer.offset > 1:
+            if buffer.offset + buffer.size > len(tflite):
+                raise PipelineError(f"buffer at offset {buffer.offset} runs past the file's end ({len(tflite)} bytes)")
+            buffer.data = np.frombuffer(tflite, dtype=np.uint8, count=buffer.size, offset=buffer.offset)
+            buffer.offset = buffer.size = 0
+    return model
 
 
 def pack_model(model, size_hint: int, schema=None) -> bytes:

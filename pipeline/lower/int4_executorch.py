@@ -67,7 +67,8 @@ def quantize_int4(export_model: nn.Module, recipe: Int4Recipe) -> nn.Module:
     rows = table.embedding_dim
     group = recipe.embedding_group_size
     if group and rows % group:
-        raise PipelineError(f"[int4] embedding_group_size {group} does not divide the embedding size {rows}")
+        raise PipelineError(f"[int4.executorch] embedding_group_size {group} does not divide the embedding size {rows}: "
+                            "choose a divisor, or 0 for one scale per row")
     with torch.no_grad():
         granularity = PerAxis(0) if not group or group == rows else PerGroup(group)
         quantize_(model, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{recipe.embedding_bits}"),
@@ -77,7 +78,7 @@ def quantize_int4(export_model: nn.Module, recipe: Int4Recipe) -> nn.Module:
         for name in linear_names(model):
             linear = dict(model.named_modules())[name]
             if not kept_int8(name, recipe.keep_int8) and recipe.weights == "group" and linear.in_features % recipe.group_size:
-                raise PipelineError(f"[int4] group_size {recipe.group_size} does not divide {name}'s "
+                raise PipelineError(f"[int4.executorch] group_size {recipe.group_size} does not divide {name}'s "
                                     f"{linear.in_features} inputs; use weights = \"channel\"")
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
                   filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and kept_int8(fqn, recipe.keep_int8))

@@ -27,6 +27,7 @@ from pipeline.core.errors import PipelineError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_ROW = 60.0  # a file is declared hung after this much per row (plus START_SECONDS): generous on purpose
 START_SECONDS = 600.0
+WITHOUT_DELEGATES = " [no XNNPACK]"
 
 
 @dataclass
@@ -36,6 +37,12 @@ class FileJob:
     # the folder's longest input: with the artifact's manifest inputs/outputs, what the loaded file is checked
     # against before it is fed (runtimes/base.py check_signature); None: not checked
     max_length: int | None = None
+    delegates: bool = True  # False: a LiteRT file with its builtin kernels only (no XNNPACK), as some apps run it
+
+    @property
+    def key(self) -> str:
+        """Its outputs' name in run_contained's result: the file's, or with WITHOUT_DELEGATES for a builtin run."""
+        return self.artifact.file_name + ("" if self.delegates else WITHOUT_DELEGATES)
 
 
 @dataclass
@@ -85,7 +92,8 @@ def _environment(worker: Worker) -> tuple[dict[str, str], tuple[int, ...]]:
 
 
 def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str, FileOutputs]:
-    """Every job's file on its inputs in a child process; a file that crashed or hung gets an error, not outputs."""
+    """Every job's file on its inputs in a child process, by job key; a file that crashed or hung gets an error, not
+    outputs."""
     worker = worker or Worker()
     results: dict[str, FileOutputs] = {}
     if not jobs:
@@ -96,14 +104,14 @@ def run_contained(jobs: list[FileJob], worker: Worker | None = None) -> dict[str
         payload = {"num_threads": worker.num_threads, "litert_without_xnnpack": worker.litert_without_xnnpack,
                    "files": [{"name": j.artifact.file_name, "path": str(j.artifact.path.resolve()),
                               "runtime": j.artifact.runtime, "input_names": [t.name for t in j.artifact.inputs],
-                              "inputs": j.inputs, "expect": _expected(j)} for j in jobs]}
+                              "inputs": j.inputs, "expect": _expected(j), "delegates": j.delegates} for j in jobs]}
         first = 0
         while first < len(jobs):
             payload["first"] = first
             (folder / "job.pkl").write_bytes(pickle.dumps(payload))
             crashed = _run_child(worker, folder, env, fds, jobs[first:], first)
             for index in range(first, len(jobs)):
-                name = jobs[index].artifact.file_name
+                name = jobs[index].key
                 if index == crashed[0]:
                     results[name] = FileOutputs(error=crashed[1])
                 elif (folder / f"out_{index}.json").is_file():

@@ -5,7 +5,8 @@
 
 JOB_DIR/job.pkl: {"num_threads": int, "litert_without_xnnpack": bool,
                   "files": [{"name", "path", "runtime", "input_names", "inputs": [row dict | text, ...],
-                             "expect": None | {"inputs", "outputs", "max_length"} (the manifest entry's)}]}
+                             "expect": None | {"inputs", "outputs", "max_length"} (the manifest entry's),
+                             "delegates": False for LiteRT's builtin kernels only}]}
 For file i it prints `start i` before loading it, writes JOB_DIR/out_<i>.npz (outputs, latencies[, builtin]) and
 JOB_DIR/out_<i>.json (error or timings), then prints `done i`. A native abort or a hang in a runtime ends only
 this process: the host sees which file was running and names it (contained.py).
@@ -28,6 +29,7 @@ from pipeline.core.console import active, attach_from_env
 from pipeline.core.errors import PipelineError
 from pipeline.runtimes import open_runner, run_rows
 from pipeline.runtimes.base import check_signature
+from pipeline.runtimes.litert import LiteRTRunner
 
 # AT_HWCAP / AT_HWCAP2 bits of arch/arm64/include/uapi/asm/hwcap.h that select XNNPACK's / LiteRT's int8 kernels
 HWCAP = {"asimddp": 1 << 20, "sve": 1 << 22}
@@ -45,15 +47,9 @@ def hwcaps() -> list[str]:
     return [n for n, bit in HWCAP.items() if hw & bit] + [n for n, bit in HWCAP2.items() if hw2 & bit]
 
 
-def without_xnnpack(path: Path, num_threads: int):
+def without_xnnpack(path: Path, num_threads: int, input_names: list[str] | None = None):
     """A LiteRT runner for `path` with the builtin kernels only (no XNNPACK delegate)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    runner = open_runner(path, "litert", num_threads=num_threads)
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    runner._interpreter, runner._runner = interpreter, interpreter.get_signature_runner()
-    return runner
+    return LiteRTRunner(path, input_names, num_threads, delegates=False)
 
 
 def say_progress(name: str):
@@ -74,7 +70,10 @@ def run_file(spec: dict, job: dict, out: Path) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     threads = job.get("num_threads", 2)
     try:
-        runner = open_runner(Path(spec["path"]), spec["runtime"], spec["input_names"], threads)
+        if spec.get("delegates", True):
+            runner = open_runner(Path(spec["path"]), spec["runtime"], spec["input_names"], threads)
+        else:
+            runner = without_xnnpack(Path(spec["path"]), threads, spec["input_names"])
         status["load_s"] = round(time.perf_counter() - t0, 2)
         expect = spec.get("expect")
         if expect:  # another model's file is refused here, before a row can make its runtime abort

@@ -26,6 +26,7 @@ def result_dict(result: ArtifactResult) -> dict:
         "thresholds": vars(result.thresholds),
         "passed": result.passed,
         "failures": result.failures,
+        **({"no_xnnpack": result.evidence["no_xnnpack"]} if result.evidence.get("no_xnnpack") else {}),
     }
 
 
@@ -54,6 +55,12 @@ def markdown(results: list[ArtifactResult], title: str, context: dict, drift: di
     if any(r.artifact.runtime == "mediapipe" for r in results):
         lines += ["MediaPipe rows (`*.mediapipe.tflite`): text in through MediaPipe's TextClassifier and its own tokenizer; "
                   "errors are on probabilities, vs the float reference's softmax.", ""]
+    builtin = [(r.artifact.file_name, r.evidence["no_xnnpack"]) for r in results if r.evidence.get("no_xnnpack")]
+    if builtin:
+        lines += ["Again with LiteRT's builtin kernels only (no XNNPACK delegate)"
+                  + (", gated like the file:" if all(e.get("gated") for _, e in builtin) else ":"), ""]
+        lines += [f"- {name}: max abs err {e['max_abs_error']:.2e}, top-1 agree {e['top1_agreement']:.4f}"
+                  + (f", cosine {e['cosine']:.6f}" if "cosine" in e else "") for name, e in builtin] + [""]
     failures = [f for r in results for f in r.failures]
     lines.append("All artifacts passed." if not failures else "Failures:\n" + "\n".join(f"- {f}" for f in failures))
     if drift:

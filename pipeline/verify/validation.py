@@ -26,7 +26,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import Metrics, check_thresholds, compare, max_abs_error, top1_agreement
 from pipeline.core.shapes import eval_rows, is_dynamic, length_drift, pad, real_lengths
 from pipeline.core.tokenization import Encoded
-from pipeline.runtimes.contained import FileJob, FileOutputs, run_contained
+from pipeline.runtimes.contained import WITHOUT_DELEGATES, FileJob, FileOutputs, run_contained
 from pipeline.runtimes.mediapipe import TEXT_INPUT
 
 Log = Callable[[str], None]
@@ -171,21 +171,50 @@ def result_line(result: ArtifactResult) -> str:
             + ("" if result.passed else " - " + "; ".join(result.failures)))
 
 
+def checked_without_delegates(artifact: Artifact) -> bool:
+    """4-bit .tflite files run a second time with LiteRT's builtin kernels only, gated like the first run: an app
+    may not apply XNNPACK, and LiteRT's builtin 4-bit kernels compute blockwise weights wrongly (docs/int4.md)."""
+    return artifact.runtime == "litert" and artifact.precision == "int4"
+
+
 def validate(artifacts: list[Artifact], evidence: Evidence, thresholds: ThresholdConfig, where: Where | None = None,
              log: Log = print) -> list[ArtifactResult]:
-    """Every artifact run where `where` says and judged against the float reference (one line each)."""
+    """Every artifact run where `where` says and judged against the float reference (one line each; a 4-bit
+    .tflite a second line for its builtin-kernel run, whose failures and error are the file's)."""
     if len(evidence.reference) == 0:
         raise PipelineError("the eval set is empty: nothing to validate against")
     where = where or Where()
     jobs = [file_job(a, evidence) for a in artifacts]
+    jobs += [replace(j, delegates=False) for j in jobs if checked_without_delegates(j.artifact)]
     outputs = where.run(jobs)
     results = []
     for artifact in artifacts:
         got = outputs.get(artifact.file_name) or FileOutputs(error="no outputs came back")
         result = judge(artifact, got, evidence, thresholds, where)
         log(result_line(result))
+        if checked_without_delegates(artifact):
+            fold_builtin_run(result, outputs.get(artifact.file_name + WITHOUT_DELEGATES), evidence, thresholds, where, log)
         results.append(result)
     return results
+
+
+def fold_builtin_run(result: ArtifactResult, got: FileOutputs | None, evidence: Evidence, thresholds: ThresholdConfig,
+                     where: Where, log: Log) -> None:
+    """The file's builtin-kernel run judged like the file (its own line), its verdict made the file's."""
+    label = f"{where.label}, " if where.label else ""
+    drift = result.artifact.details.get("length_drift")  # the file's (XNNPACK) length drift is the one recorded
+    builtin = judge(result.artifact, got or FileOutputs(error="no outputs came back"), evidence, thresholds,
+                    Where(label=label + "no XNNPACK"))
+    if drift is not None:
+        result.artifact.details["length_drift"] = drift
+    log(result_line(builtin))
+    if builtin.error is not None and result.error is None:
+        result.error = f"without XNNPACK: {builtin.error}"
+    if builtin.metrics is not None:
+        m = builtin.metrics
+        result.evidence["no_xnnpack"] = {"max_abs_error": m.max_abs_error, "cosine": m.cosine,
+                                         "top1_agreement": m.top1_agreement, "accuracy": m.accuracy, "gated": True}
+    result.failures += builtin.failures
 
 
 def run_errors(results: list[ArtifactResult]) -> PipelineError | None:

@@ -159,7 +159,7 @@ def _granularity(group: int):
     try:
         return getattr(qtyping.QuantGranularity, f"BLOCKWISE_{group}")
     except AttributeError:
-        raise PipelineError(f"[int4] the LiteRT quantizer has no blocks of {group}") from None
+        raise PipelineError(f"[int4.litert] the LiteRT quantizer has no blocks of {group}") from None
 
 
 def quantizer_recipe(recipe: Int4Recipe, keep_ops: list[str]) -> list[dict]:
