@@ -1,7 +1,7 @@
 """The Android app's core (android_demo/core: everything the app computes that is not an Android or runtime call),
 compiled with kotlinc and run on the JVM (AppCoreCli) against real builds of two tiny models: WordPiece with dynamic
-shapes (conftest's `tiny_builds`) and SentencePiece with static shapes (built here), each with ExecuTorch, LiteRT
-and MediaPipe files.
+shapes (conftest's `tiny_builds`, and `tiny_int4_build`: its 4-bit files) and SentencePiece with static shapes (built
+here), each with ExecuTorch, LiteRT and MediaPipe files.
 
 - inputs: for every golden text, and texts of other lengths (empty, accented, longer than max_length), the core
   builds exactly the arrays the pipeline's Python runners feed each file, recorded where they enter the runtime
@@ -37,7 +37,7 @@ SP_MAX_LENGTH = 24  # not 32: S == H (the tiny hidden size) makes onnx2tf transp
 # besides golden.json's texts: every length from 1 token up, non-ASCII, and one longer than max_length (truncated)
 EXTRA_TEXTS = ["", "a", "good", "Great tea!", "Café Crème naïve — not bad at all", "日本茶 😀\tand\nmore",
                "the best tea i ever bought, would buy again " * 6]
-BUNDLES = ("wordpiece-dynamic", "sentencepiece-static")
+BUNDLES = ("wordpiece-dynamic", "sentencepiece-static", "wordpiece-dynamic-int4")
 
 
 # ---------------------------------------------------------------------------------------------- builds
@@ -66,6 +66,8 @@ def sentencepiece_static_build(tmp_path_factory) -> Path:
 def bundle(request) -> Path:
     if request.param == "wordpiece-dynamic":
         return request.getfixturevalue("tiny_builds")["android"]
+    if request.param == "wordpiece-dynamic-int4":  # fp32 and 4-bit files: the apps run int4 from the manifest alone
+        return request.getfixturevalue("tiny_int4_build")
     return request.getfixturevalue("sentencepiece_static_build")
 
 
