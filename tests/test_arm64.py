@@ -46,6 +46,26 @@ def test_tiny_build_passes_on_arm64_in_both_runtimes(tiny_builds, tmp_path):
     assert any("rows" in line and "s/row" in line for line in lines)  # progress with timing
 
 
+def test_4bit_files_pass_on_arm64_with_and_without_xnnpack(tiny_int4_build, tiny_int4_thresholds, tmp_path):
+    """Both 4-bit files on the dot-product profile, the .tflite also with LiteRT's builtin kernels, each compared
+    with the same run on x86 (the builtin run with x86's builtin run)."""
+    from pipeline import api
+    from pipeline.core.config import load_thresholds
+
+    folder = copy_folder(tiny_int4_build, tmp_path / "android")
+    lines: list[str] = []
+    options = api.ValidateOptions(artifacts=folder, thresholds=load_thresholds(tiny_int4_thresholds),
+                                  arm64=api.Arm64Options("cortex-a76", ROWS))
+    assert api.validate(options, lines.append) == 0
+    run = json.loads((folder / "report.json").read_text())["arm64"]["cortex-a76"]
+    entries = {a["path"]: a for a in run["artifacts"] if a["precision"] == "int4"}
+    assert set(entries) == {"albert.int4.pte", "albert.int4.tflite"} and all(a["passed"] for a in entries.values())
+    assert all(a["x86_max_abs_diff"] <= a["thresholds"]["max_abs_error"] for a in entries.values())
+    builtin = entries["albert.int4.tflite"]["no_xnnpack"]
+    assert builtin["gated"] and builtin["max_abs_error"] <= entries["albert.int4.tflite"]["thresholds"]["max_abs_error"]
+    assert any("albert.int4.tflite [arm64 cortex-a76, no XNNPACK] (litert): PASS" in line for line in lines), lines
+
+
 def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_builds, tmp_path):
     """An int8 file shipped under the fp32 name: the ARM gate (fp32 thresholds) must reject it."""
     from pipeline.core.artifact import read_manifest

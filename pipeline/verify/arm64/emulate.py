@@ -3,9 +3,12 @@
 Phones run the aarch64 builds of executorch.runtime and LiteRT, whose int8 kernels are other code than x86's (NEON
 dot-product, i8mm, SME). This runs the folder's files through those builds for one emulated CPU profile (the
 project's own `pipeline.runtimes` inside the emulated CPython; see pipeline/runtimes/worker.py) on the first N eval rows, and
-gates the logits like the x86 run: against the float reference with the SAME thresholds (`compare`,
-`check_thresholds`), plus their difference from the x86 run of the same file on the same rows (max |Δ| within the
-same max_abs_error limit, top-1 agreement with x86 at least the same min_top1_agreement).
+gates the logits with the SAME thresholds: max_abs_error and cosine against the float reference, and against the
+x86 run of the same file on the same rows max |Δ| within the max_abs_error limit and top-1 agreement at least
+min_top1_agreement. Top-1 agreement and accuracy against float are reported, not gated, on these rows: one row of 32
+is 0.031 of either, so a 4-bit file that agrees 0.97 with float on 1000 rows would fail a 0.95 limit on 32 rows one
+time in four by chance; the x86 run judged them on every row. A 4-bit .tflite's builtin-kernel run is compared with
+the x86 builtin-kernel run.
 
 What it verifies: the runtimes' ARM code paths and their numerics. What it does not: speed (emulated), GPU/NPU
 delegates, a real device's OS/loader. The environment comes from `python -m pipeline arm64-setup`
@@ -28,7 +31,7 @@ import numpy as np
 
 from pipeline.core.config import ThresholdConfig
 from pipeline.core.errors import PipelineError
-from pipeline.runtimes.contained import Worker, run_contained
+from pipeline.runtimes.contained import WITHOUT_DELEGATES, Worker, run_contained
 from pipeline.verify.arm64.env import Arm64Env, find_env
 from pipeline.verify.validation import ArtifactResult, Evidence, Where, validate
 
@@ -132,12 +135,14 @@ def gate_arm64(x86: list[ArtifactResult], evidence: Evidence, thresholds: Thresh
     started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     worker = emulated_worker(env, qemu_cpu, log)
     where = Where(run=lambda jobs: run_contained(jobs, worker), label=f"arm64 {name}",
-                  baseline={r.artifact.file_name: r.logits for r in x86 if r.logits is not None})
+                  baseline={**{r.artifact.file_name: r.logits for r in x86 if r.logits is not None},
+                            **{r.artifact.file_name + WITHOUT_DELEGATES: r.builtin_logits for r in x86
+                               if r.builtin_logits is not None}})
     results = validate(artifacts, evidence.head(rows), thresholds, where, log)
     for result in results:
         if result.error is not None:
             result.failures.append(f"{result.label}: cannot run on aarch64: {result.error}")
-        if result.evidence.get("no_xnnpack"):
+        if result.evidence.get("no_xnnpack") and not result.evidence["no_xnnpack"].get("gated"):
             e = result.evidence["no_xnnpack"]
             log(f"  {result.label}: without the XNNPACK delegate (LiteRT builtin kernels): max_abs "
                 f"{e['max_abs_error']:.2e}, top1 {e['top1_agreement']:.4f} (evidence only)")
@@ -209,10 +214,11 @@ def junit_cases(run: Arm64Run) -> list[str]:
             cases.append(f'  <testcase classname={suite} name={quoteattr(case + ":run")}><failure message={msg}/></testcase>')
             continue
         m, t = r.metrics, r.thresholds
-        checks = [("max_abs_error", m.max_abs_error, t.max_abs_error, "<="), ("cosine", m.cosine, t.min_cosine, ">="),
-                  ("top1_agreement", m.top1_agreement, t.min_top1_agreement, ">=")]
-        if m.accuracy_delta is not None:
-            checks.append(("accuracy_drop", -m.accuracy_delta, t.max_accuracy_drop, "<="))
+        checks = [("max_abs_error", m.max_abs_error, t.max_abs_error, "<="), ("cosine", m.cosine, t.min_cosine, ">=")]
+        if not r.baseline:  # with an x86 run of the same rows, top-1 is judged against it (validation.judge)
+            checks.append(("top1_agreement", m.top1_agreement, t.min_top1_agreement, ">="))
+            if m.accuracy_delta is not None:
+                checks.append(("accuracy_drop", -m.accuracy_delta, t.max_accuracy_drop, "<="))
         if r.baseline:
             checks += [("x86_max_abs_diff", r.baseline["max_abs_diff"], t.max_abs_error, "<="),
                        ("x86_top1_agreement", r.baseline["top1_agreement"], t.min_top1_agreement, ">=")]
