@@ -222,5 +222,28 @@ def test_report_ratios_of_both_runtimes_profiles_and_lengths():
     md = cost_markdown(recorded, {"baseline": "b.json", "max_increase": 0.05, "failures": ["cost drift: x"],
                                   "notes": ["cost: y"]})
     assert "| albert.int8.pte | i8mm | 128 | 132.00 | 132.00 |" in md
-    assert "not counted: albert.int8.mediapipe.tflite" in md and "baseline b.json, max_increase 0.05: FAILED" in md
+    assert "not counted: albert.int8.mediapipe.tflite: mediapipe" in md and "baseline b.json, max_increase 0.05: FAILED" in md
     assert "  - cost drift: x" in md and "  - cost: y" in md
+
+
+def test_the_committed_default_baseline_is_the_embedded_default_counted_with_this_plugin():
+    """pipeline/assets/default_cost_baseline.json (the default folder's manifest.json after `validate --cost`)
+    counts the embedded model's files with the current counting plugin: a change to either needs a new
+    measurement (docs/arm64_cost.md says how), else the workflow's cost gate compares unlike counts."""
+    from pipeline.gate.cost import load_baseline
+    from pipeline.model.checkpoint import hash_files
+    from pipeline.core.provenance import DEFAULT_MODEL_DIR
+    from pipeline.verify.arm64.cost_env import plugin_version
+
+    path = Path(__file__).resolve().parents[1] / "pipeline" / "assets" / "default_cost_baseline.json"
+    cost = load_baseline(path)
+    data = json.loads(path.read_text())
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    assert data["model"]["source_sha256"] == hash_files([DEFAULT_MODEL_DIR / "config.json", weights])
+    assert cost["plugin"] == plugin_version() and cost["qemu"].startswith("qemu-aarch64 version 7.2")
+    files = {"albert.fp32.pte", "albert.int8.pte", "albert.fp32.tflite", "albert.int8.tflite"}
+    for profile in ("cortex-a76", "i8mm"):
+        assert set(cost["counts"][profile]) >= files
+        for name in files:
+            assert set(cost["counts"][profile][name]) == {"16", "64", "128"}
+    assert 150e6 < cost["counts"]["i8mm"]["albert.int8.pte"]["128"]["steady"] < 160e6

@@ -250,7 +250,7 @@ def cost_markdown(recorded: dict, gate: dict) -> str:
         lines += [f"| {r} | {what} | {profile} | {value} |" for r, what, profile, value in ratios]
         lines.append("")
     for name, why in (recorded.get("not_counted") or {}).items():
-        lines.append(f"- not counted: {name} ({why})")
+        lines.append(f"- not counted: {name}: {why}")
     if gate["baseline"] is None:
         lines.append("- cost gate: not gated (no `--cost-baseline`)")
     else:
