@@ -66,7 +66,7 @@ def build(options: BuildOptions, log: Log = print) -> list[Path]:
     config = options.config
     to_apps = config.build.copy_to_apps
     deferred = options.arm64 is not None or cost is not None
-    if deferred:  # the apps get the folder only once it passed on ARM too (its manifest says so)
+    if deferred:  # the apps get the folder only once it passed on ARM / its cost is counted (its manifest says so)
         config.build.copy_to_apps = False
     folders = []
     for target in options.targets:

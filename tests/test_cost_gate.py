@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main, parser, validate_options
+from pipeline.cli import build_options, main, parser, validate_options
 from pipeline.core.config import PipelineConfig, load_config, load_thresholds
 from pipeline.core.errors import PipelineError
 from pipeline.gate.cost import cost_markdown, cost_ratios
@@ -159,6 +159,14 @@ def test_a_bad_baseline_is_one_line_exit_2_before_anything_runs(built, tmp_path,
     assert (built[0] / "manifest.json").read_bytes() == before
 
 
+def test_a_missing_counting_environment_is_one_line_naming_the_setup_command(built, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIPELINE_ARM64_HOME", str(tmp_path / "no-env"))
+    code = main(["validate", "--artifacts", str(built[0]), "--cost"])
+    line, out = _one_line(capsys)
+    assert code == 2 and "python -m pipeline arm64-setup" in line and "instruction-counting" in line, line
+    assert "float reference" not in out  # refused before the x86 validation
+
+
 @pytest.mark.parametrize("value, problem", [("-1", "must be 0.0 or more"), ('"x"', "expected float"),
                                             ("nan", "finite"), ("0.05\nmax_decrease = 1", "unknown key")])
 def test_a_bad_cost_limit_is_one_line_exit_2(built, tmp_path, capsys, value, problem):
@@ -192,6 +200,8 @@ def test_cost_options_from_the_command_line(tmp_path, capsys):
     cost = options("--cost-baseline", "b.json").cost  # a baseline implies --cost
     assert cost is not None and cost.baseline == "b.json"
     assert options("--arm64", "--arm-cpu", "cortex-a76").arm64.profile == "cortex-a76"
+    build = build_options(parser().parse_args(["build", "--cost", "--arm-cpu", "i8mm", "--cost-lengths", "max"]))
+    assert build.cost.profiles == ["i8mm"] and build.cost.lengths == ["max"] and build.arm64 is None
     for argv, problem in ((["--arm64", "--arm-cpu", "i8mm,cortex-a76"], "--arm64 runs one CPU profile"),
                           (["--cost", "--arm-cpu", "pentium"], "pentium"),
                           (["--cost", "--cost-lengths", "16,0"], "--cost-lengths"),
