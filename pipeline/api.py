@@ -16,8 +16,10 @@ from pipeline.core.config import (TARGETS, CompressConfig, PipelineConfig, Thres
                                   load_config)
 from pipeline.core.errors import DriftError, PipelineError  # noqa: F401
 from pipeline.core.paths import check_output_folder
-from pipeline.core.options import Arm64Options, BenchOptions, BuildOptions, CompressOptions, ValidateOptions
+from pipeline.core.options import (Arm64Options, BenchOptions, BuildOptions, CompressOptions, CostOptions,
+                                   ValidateOptions)
 from pipeline.bench import bench as run_bench
+from pipeline.gate.cost import CostGate, cost_folder, prepare_cost
 from pipeline.gate.validate import validate_folder
 from pipeline.verify.arm64.emulate import require_env
 from pipeline.verify.arm64.cost_env import provision_counting
@@ -28,8 +30,8 @@ RUNTIMES = ("executorch", "litert")
 PRECISIONS = ("fp32", "int8", "int4")
 
 
-def check_build_options(options: BuildOptions) -> None:
-    """Everything about a build that can be refused before hours of work."""
+def check_build_options(options: BuildOptions) -> CostGate | None:
+    """Everything about a build that can be refused before hours of work (with `cost`: what cost_folder needs)."""
     b = options.config.build
     if not all(isinstance(v, list) for v in (b.runtimes, b.precisions, options.targets)):
         check_fields(options.config, "config")  # the type error, one line
@@ -49,17 +51,22 @@ def check_build_options(options: BuildOptions) -> None:
     if options.arm64 is not None:
         check_fields(options.arm64, "arm64")
         require_env()
+    if options.cost is not None:
+        return prepare_cost(options.cost, options.config.thresholds.cost.max_increase)
+    return None
 
 
 def build(options: BuildOptions, log: Log = print) -> list[Path]:
-    """Each target's verified folder; with `arm64`, each also through the ARM64 gate before the app gets it."""
-    check_build_options(options)
+    """Each target's verified folder; with `arm64`, each also through the ARM64 gate, and with `cost`, its aarch64
+    instructions counted (and gated against a baseline), before the app gets it."""
+    cost = check_build_options(options)
     from pipeline.build import build as build_target  # after the cheap checks: importing torch takes seconds
     from pipeline.bundle import copy_to_app
 
     config = options.config
     to_apps = config.build.copy_to_apps
-    if options.arm64 is not None:  # the apps get the folder only once it passed on ARM too (its manifest says so)
+    deferred = options.arm64 is not None or cost is not None
+    if deferred:  # the apps get the folder only once it passed on ARM / its cost is counted (its manifest says so)
         config.build.copy_to_apps = False
     folders = []
     for target in options.targets:
@@ -69,8 +76,10 @@ def build(options: BuildOptions, log: Log = print) -> list[Path]:
             validate(ValidateOptions(artifacts=final, model_dir=config.build.model_dir, eval_data=config.build.eval_data,
                                      eval_limit=config.build.eval_limit, thresholds=config.thresholds,
                                      arm64=options.arm64), log)
-            if to_apps:
-                copy_to_app(final, target)
+        if cost is not None:  # the bundled folder as it is: the x86 validation just passed in the build
+            cost_folder(final, cost, log=log)
+        if deferred and to_apps:
+            copy_to_app(final, target)
         folders.append(final)
     config.build.copy_to_apps = to_apps
     return folders
@@ -111,6 +120,6 @@ def arm64_setup(log: Log = print) -> None:
     provision_counting(home(), log)
 
 
-__all__ = ["Arm64Options", "BenchOptions", "BuildOptions", "CompressConfig", "CompressOptions", "DriftError",
+__all__ = ["Arm64Options", "BenchOptions", "BuildOptions", "CompressConfig", "CompressOptions", "CostOptions", "DriftError",
            "PipelineConfig", "PipelineError", "ThresholdConfig", "ValidateOptions", "arm64_setup", "bench", "build",
            "compress", "load_config", "validate"]

@@ -248,7 +248,8 @@ def build_target(bc: BuildContext, out_root: Path) -> Path:
     with ctx.timer("bundle"):
         extra = {"shape_contract": ShapeContract(bc.shapes, b.max_length).to_manifest(),
                  "stage_seconds": ctx.timer.timings,
-                 "thresholds": {k: vars(v) for k, v in bc.config.thresholds.per_precision.items()},
+                 "thresholds": {**{k: vars(v) for k, v in bc.config.thresholds.per_precision.items()},
+                                "cost": vars(bc.config.thresholds.cost)},
                  "eval": {"source": bc.eval_texts.source, "rows": len(bc.evaluation), "truncated": bc.evaluation.truncated},
                  "calibration": {"source": bc.calibration_source, "rows": len(bc.calibration)}}
         if drift is not None:

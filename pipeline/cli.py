@@ -66,9 +66,19 @@ def _add_arm64_options(p) -> None:
     p.add_argument("--arm64", action="store_true",
                    help="also run every artifact in the aarch64 ExecuTorch and LiteRT runtimes under QEMU user-mode "
                         "(needs `python -m pipeline arm64-setup` once)")
-    p.add_argument("--arm-cpu", help="emulated CPU profile: i8mm (default), cortex-a76 (dot-product only), "
-                                     "max-sme (QEMU max, with SME)")
+    p.add_argument("--arm-cpu", action="append",
+                   help="emulated CPU profile: i8mm, cortex-a76 (dot-product only), max-sme (QEMU max, with SME); "
+                        "--arm64 runs one (default i8mm), --cost a comma list or repeated (default cortex-a76,i8mm)")
     p.add_argument("--arm-rows", type=int, help="eval rows for the emulated run (default 32; emulation is slow)")
+    p.add_argument("--cost", action="store_true",
+                   help="also count every .pte/.tflite's aarch64 instructions per inference under QEMU (per --arm-cpu "
+                        "profile and --cost-lengths), into manifest.json and the reports (needs `python -m pipeline "
+                        "arm64-setup` once)")
+    p.add_argument("--cost-lengths", help="comma list of token counts, 'max' = the folder's max_length "
+                                          "(default: 16,64,max)")
+    p.add_argument("--cost-baseline", metavar="FILE",
+                   help="manifest.json or report.json holding arm64_cost: a steady count over (1 + [thresholds.cost] "
+                        "max_increase) x its count fails (exit 1); implies --cost. Without it counts are not gated")
 
 
 def _add_validate(sub) -> None:
@@ -203,10 +213,48 @@ def _override(target: object, args: argparse.Namespace, names: list[str]) -> Non
             setattr(target, name, value)
 
 
+def _arm_cpus(args: argparse.Namespace) -> list[str]:
+    """--arm-cpu, repeated and/or comma lists, in order, once each."""
+    return list(dict.fromkeys(p.strip() for value in args.arm_cpu or [] for p in value.split(",") if p.strip()))
+
+
 def _arm64(args: argparse.Namespace) -> api.Arm64Options | None:
-    options = api.Arm64Options(profile=args.arm_cpu or "i8mm", rows=args.arm_rows)
-    check_fields(options, "arm64")  # checked with or without --arm64: a bad value is never silently ignored
+    profiles = _arm_cpus(args)
+    if args.arm64 and len(profiles) > 1:
+        raise PipelineError(f"--arm-cpu: --arm64 runs one CPU profile, not {','.join(profiles)} (--cost counts several)")
+    options = api.Arm64Options(profile=profiles[0] if profiles else "i8mm", rows=args.arm_rows)
+    if len(profiles) <= 1:
+        check_fields(options, "arm64")  # checked with or without --arm64: a bad value is never silently ignored
     return options if args.arm64 else None
+
+
+def length_list(text: str, option: str) -> list[int | str]:
+    """A comma list of token counts and 'max', e.g. `16,64,max`."""
+    values: list[int | str] = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part == "max":
+            values.append("max")
+        elif part:
+            try:
+                values += int_list(part, option)
+            except PipelineError:
+                raise PipelineError(f"{option} takes a comma list of token counts of 1 or more and 'max', "
+                                    f"not {text!r}") from None
+    if not values:
+        raise PipelineError(f"{option} is empty")
+    return list(dict.fromkeys(values))
+
+
+def _cost(args: argparse.Namespace) -> api.CostOptions | None:
+    options = api.CostOptions()
+    if args.arm_cpu:
+        options.profiles = _arm_cpus(args)
+    if args.cost_lengths is not None:
+        options.lengths = length_list(args.cost_lengths, "--cost-lengths")
+    options.baseline = args.cost_baseline
+    check_fields(options, "cost")  # checked with or without --cost, as --arm-cpu is
+    return options if args.cost or args.cost_baseline else None
 
 
 def int_list(text: str, option: str) -> list[int]:
@@ -254,14 +302,15 @@ def build_options(args: argparse.Namespace) -> api.BuildOptions:
     if args.no_copy_to_apps:
         config.build.copy_to_apps = False
     targets = list(TARGETS) if args.target == "all" else [args.target]
-    return api.BuildOptions(config=config, targets=targets, use_cache=not args.no_cache, arm64=_arm64(args))
+    return api.BuildOptions(config=config, targets=targets, use_cache=not args.no_cache, arm64=_arm64(args),
+                            cost=_cost(args))
 
 
 def validate_options(args: argparse.Namespace) -> api.ValidateOptions:
     return api.ValidateOptions(artifacts=args.artifacts, model_dir=args.model_dir, eval_data=args.eval_data,
                                eval_limit=args.eval_limit, calibration_data=args.calibration_data,
                                thresholds=args.thresholds, report_dir=args.report_dir, auto_fallback=args.auto_fallback,
-                               arm64=_arm64(args))
+                               arm64=_arm64(args), cost=_cost(args))
 
 
 def bench_options(args: argparse.Namespace) -> api.BenchOptions:

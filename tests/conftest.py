@@ -11,8 +11,9 @@ from tiny import write_tiny_albert  # noqa: E402
 
 # The slowest files first, so that with `-n 2 --dist loadfile` (pytest-xdist) neither worker is left alone with a
 # long file at the end. (`--dist loadgroup` does not group with pytest 9.2 + xdist 3.8: measured, every test spread.)
-SLOW_FIRST = ("test_robustness", "test_gate", "test_gate_hardening", "test_arm64", "test_build", "test_app_core", "test_apps",
-              "test_bench", "test_reproducible", "test_tflite", "test_int4", "test_recurrent", "test_disk_errors")
+SLOW_FIRST = ("test_robustness", "test_gate", "test_gate_hardening", "test_arm64", "test_cost_gate", "test_cost",
+              "test_build", "test_app_core", "test_apps", "test_bench", "test_reproducible", "test_tflite", "test_int4",
+              "test_recurrent", "test_disk_errors")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

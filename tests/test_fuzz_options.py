@@ -122,7 +122,7 @@ def option_value(command: str, action: argparse.Action) -> st.SearchStrategy[lis
         values = st.one_of(st.sampled_from(list(action.choices)), st.sampled_from(list(action.choices)), TEXT)
     elif action.type in (int, float):
         values = number_text(action.type)
-    elif flag in ("--threads", "--max-length", "--lengths"):  # comma lists of integers
+    elif flag in ("--threads", "--max-length", "--lengths", "--cost-lengths"):  # comma lists of integers
         values = st.lists(INTS.map(str), min_size=0, max_size=4).map(",".join) | TEXT
     else:
         values = TEXT
@@ -215,6 +215,8 @@ def keys() -> list[tuple[str, str, typing.Any]]:
     hints = typing.get_type_hints(config_module.Thresholds)
     for table in THRESHOLD_TABLES:
         found += [(f"thresholds.{table}", f.name, hints[f.name]) for f in dataclasses.fields(config_module.Thresholds)]
+    hints = typing.get_type_hints(config_module.CostThresholds)
+    found += [("thresholds.cost", f.name, hints[f.name]) for f in dataclasses.fields(config_module.CostThresholds)]
     return found
 
 

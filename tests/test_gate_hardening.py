@@ -357,6 +357,7 @@ CONFIGS = {
     "quantize_unknown_activations": ("build", '[quantize]\nactivations = "sometimes"\n', "activations"),
     "quantize_nan_is_not_an_int": ("build", "[quantize]\ncalibration_samples = nan\n", "calibration_samples"),
     "tflite_unknown_converter": ("build", '[tflite]\nconverter = "tf1"\n', "converter"),
+    "cost_negative_increase": ("build", "[thresholds.cost]\nmax_increase = -0.1\n", "max_increase"),
 }
 
 

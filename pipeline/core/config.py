@@ -10,6 +10,7 @@ silently falls back to a default:
     [thresholds.fp32]  Thresholds for every fp32 artifact (likewise [thresholds.int8], [thresholds.int4], [thresholds.fp16])
     [thresholds.mediapipe-fp32]  MediaPipe files, text in, probabilities (likewise [thresholds.mediapipe-int8], -int4)
     [thresholds.artifacts."albert.int8.tflite"]   per-artifact overrides
+    [thresholds.cost]  CostThresholds: the cost gate (aarch64 instructions per inference against a baseline)
     [compress]         CompressConfig
 """
 from __future__ import annotations
@@ -61,9 +62,18 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 
 
 @dataclass
+class CostThresholds:
+    """Cost gate (`--cost-baseline`): a steady count may rise at most this fraction over its baseline's (0.05: 5%).
+    Counts are exact to ~0.01% (docs/arm64_cost.md), so the limit is about what a change may cost, not noise."""
+
+    max_increase: float = field(default=0.05, metadata={"min": 0.0, "max": 100.0})
+
+
+@dataclass
 class ThresholdConfig:
     per_precision: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     per_artifact: dict[str, Thresholds] = field(default_factory=dict)
+    cost: CostThresholds = field(default_factory=CostThresholds)
 
     def for_artifact(self, name: str, precision: str) -> Thresholds:
         if name in self.per_artifact:
@@ -322,8 +332,11 @@ def _thresholds(values: dict[str, Any], where: str) -> ThresholdConfig:
         if key == "artifacts":
             for artifact, limits in section.items():
                 result.per_artifact[artifact] = _fill(Thresholds, limits, f"{where}.artifacts.{artifact}")
+        elif key == "cost":
+            result.cost = _fill(CostThresholds, section, f"{where}.cost")
         elif key not in DEFAULT_THRESHOLDS:  # a misspelt section would gate nothing
-            raise PipelineError(f"unknown section [{where}.{key}]; known: {sorted([*DEFAULT_THRESHOLDS, 'artifacts'])}")
+            raise PipelineError(f"unknown section [{where}.{key}]; known: "
+                                f"{sorted([*DEFAULT_THRESHOLDS, 'artifacts', 'cost'])}")
         else:
             base = dataclasses.asdict(result.per_precision.get(key, Thresholds()))
             base.update(section)

@@ -23,11 +23,26 @@ class Arm64Options:
 
 
 @dataclass
+class CostOptions:
+    """Count the aarch64 instructions of one inference of every .pte / .tflite under QEMU, per CPU profile and
+    length (pipeline/gate/cost.py; needs `python -m pipeline arm64-setup` once); gated against `baseline` (a
+    manifest.json or report.json holding `arm64_cost`) with [thresholds.cost] max_increase, else only recorded."""
+
+    profiles: list[str] = field(default_factory=lambda: ["cortex-a76", "i8mm"], metadata={"choices": PROFILES})
+    # token counts; "max": the folder's max_length (a static file's fixed length)
+    lengths: list[int | str] = field(default_factory=lambda: [16, 64, "max"],
+                                     metadata={"min": 1, "max": 8192, "pattern": "max"})
+    baseline: str | Path | None = None
+    steady_runs: int = field(default=2, metadata={"min": 1, "max": 100})  # steady inferences counted (the cheapest)
+
+
+@dataclass
 class BuildOptions:
     config: PipelineConfig = field(default_factory=PipelineConfig)  # [build] target etc. and every recipe
     targets: list[str] = field(default_factory=lambda: ["android"])
     use_cache: bool = True
     arm64: Arm64Options | None = None  # also the ARM64 gate on the bundled folder before the app gets it
+    cost: CostOptions | None = None  # also count (and gate) its aarch64 instructions before the app gets it
 
 
 @dataclass
@@ -41,6 +56,7 @@ class ValidateOptions:
     report_dir: str | Path | None = None  # default: the artifact folder
     auto_fallback: bool = False
     arm64: Arm64Options | None = None
+    cost: CostOptions | None = None  # after the x86 validation passed
 
 
 @dataclass

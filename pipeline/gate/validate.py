@@ -18,6 +18,9 @@
        thresholds, plus its difference from the x86 run (pipeline/verify/arm64/emulate.py)
     8. report.json / report.md / report.junit.xml / PNGs into the folder (or report_dir); with arm64 also
        manifest.json's `arm64_validation.<profile>`
+    9. with cost, once everything above passed: every .pte / .tflite's aarch64 instructions per inference counted
+       under QEMU per CPU profile and length, recorded (manifest.json and report.* `arm64_cost`, report_cost.png)
+       and, with a baseline, gated by [thresholds.cost] max_increase (gate/cost.py)      (drift: exit 1)
 
 Thresholds come from the options or the defaults, deliberately not from the manifest: a folder must not be able
 to loosen its own gate.
@@ -35,6 +38,7 @@ from pipeline.core.options import ValidateOptions
 from pipeline.core.paths import check_output_folder
 from pipeline.core.shapes import sweep_rows
 from pipeline.core.tokenization import clean_text, encode
+from pipeline.gate.cost import cost_folder, prepare_cost
 from pipeline.gate.folder import (app_file, check_app_files, check_golden, check_tokenizer_behaviour, golden_jobs,
                                   load_calibration, load_eval, load_reference, model_entries)
 from pipeline.runtimes.contained import run_contained
@@ -114,6 +118,7 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
     arm = None
     if options.arm64 is not None:  # a missing emulation environment fails before anything runs
         arm = (emulate.require_env(), emulate.resolve_profile(options.arm64.profile)[0])
+    cost = prepare_cost(options.cost, thresholds.cost.max_increase) if options.cost is not None else None
     count = verify_files(folder, manifest)
     log(f"  {count} files: sizes and sha256 match manifest.json")
     entries = model_entries(manifest)
@@ -180,4 +185,6 @@ def validate_folder(options: ValidateOptions, log: Log = print) -> int:
         raise DriftError(failures)
     log(f"validation passed: {len(results)} artifact(s) within thresholds"
         + (f" on x86 and on arm64 ({arm_run.profile})" if arm_run else "") + f"; report in {report_dir}")
+    if cost is not None:
+        cost_folder(folder, cost, report_dir, evidence.encoded, log)
     return 0
