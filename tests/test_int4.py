@@ -4,7 +4,9 @@ with and without XNNPACK, both with the dynamic length, close to the float model
 labelled int4 that kept 8-bit weights; a blockwise .tflite is refused when LiteRT's builtin kernels get it wrong.
 
 One layer (the lowering of 4-bit linears with a dynamic length is slow: torch's symbolic shapes, per layer call):
-one onnx2tf conversion and one ExecuTorch lowering for the module."""
+one onnx2tf conversion and one ExecuTorch lowering for the module. Then int4 as a build precision (conftest's
+`tiny_int4_build`): both files and the MediaPipe twin bundled with their recipes, `validate` running the .tflite with
+and without XNNPACK, and a 4-bit .tflite that only LiteRT's builtin kernels get wrong failed by the gate."""
 from __future__ import annotations
 
 from dataclasses import asdict
