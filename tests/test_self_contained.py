@@ -46,8 +46,9 @@ def test_committed_files_name_nothing_outside_the_repository():
 
 
 def test_the_pattern_finds_what_it_is_for():
-    for line in ("see ../shared/NOTES.md", "(issue 14)", "Issue 7, item 5", "litert-torch issue #870",
-                 "/wor" "k/main/.venv/lib/python3.11/site-packages/x", "DESIGN.md"):
+    # split literals, so that this file does not itself hold what the scan refuses
+    for line in ("see ../sha" "red/NOTES.md", "(iss" "ue 14)", "Iss" "ue 7, item 5", "litert-torch iss" "ue #870",
+                 "/wor" "k/main/.venv/lib/python3.11/site-packages/x", "DES" "IGN.md"):
         assert OUTSIDE.search(line), line
     for line in ("~/.cache/pipeline/tools", "python3 -m venv .venv && . .venv/bin/activate", "the issue's targets"):
         assert not OUTSIDE.search(line), line
