@@ -40,3 +40,10 @@ def _check_names(path: Path) -> None:
         pass
     if any(len(os.fsencode(part)) > name_max for part in path.parts) or len(os.fsencode(str(path))) >= 4096:
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it, renamed into place: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -25,6 +25,7 @@ from pipeline.core.artifact import Artifact, read_manifest
 from pipeline.core.config import check_fields
 from pipeline.core.errors import DriftError, PipelineError
 from pipeline.core.options import CostOptions
+from pipeline.core.paths import replace_text
 from pipeline.core.tokenization import encode, load_tokenizer
 from pipeline.gate.folder import load_eval, model_entries
 from pipeline.verify.arm64.cost import CostRun, compare_costs, count_costs
@@ -139,12 +140,6 @@ def cost_folder(folder: str | Path, gate: CostGate, report_dir: str | Path | Non
 
 # ------------------------------------------------------------------------------------------------------ records
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_cost(folder: Path, report_dir: Path, recorded: dict, result: dict) -> None:
     """manifest.json `arm64_cost`, report.json `arm64_cost` (with timings and the gate), report.md, report_cost.png;
     each written to a temporary file and renamed."""
@@ -152,16 +147,16 @@ def write_cost(folder: Path, report_dir: Path, recorded: dict, result: dict) -> 
         path = folder / "manifest.json"
         manifest = json.loads(path.read_text())
         manifest["arm64_cost"] = recorded
-        _replace_text(path, json.dumps(manifest, indent=2) + "\n")
+        replace_text(path, json.dumps(manifest, indent=2) + "\n")
         report_dir.mkdir(parents=True, exist_ok=True)
         report = report_dir / "report.json"
         data = json.loads(report.read_text()) if report.is_file() else {}
         data["arm64_cost"] = result
         if result["gate"]["failures"]:
             data["passed"] = False
-        _replace_text(report, json.dumps(data, indent=2, default=float) + "\n")
+        replace_text(report, json.dumps(data, indent=2, default=float) + "\n")
         md = report_dir / "report.md"
-        _replace_text(md, (md.read_text() if md.is_file() else "") + "\n" + cost_markdown(recorded, result["gate"]))
+        replace_text(md, (md.read_text() if md.is_file() else "") + "\n" + cost_markdown(recorded, result["gate"]))
         plot_costs(recorded, report_dir / "report_cost.png")
     except OSError as err:
         raise PipelineError(f"cannot write the cost records ({err.strerror or err})", err.filename or report_dir) from None

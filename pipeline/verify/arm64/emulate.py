@@ -17,7 +17,6 @@ delegates, a real device's OS/loader. The environment comes from `python -m pipe
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 
 from pipeline.core.config import ThresholdConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.paths import replace_text
 from pipeline.runtimes.contained import WITHOUT_DELEGATES, Worker, run_contained
 from pipeline.verify.arm64.env import Arm64Env, find_env
 from pipeline.verify.validation import ArtifactResult, Evidence, Where, validate
@@ -219,7 +219,7 @@ def junit_cases(run: Arm64Run) -> list[str]:
             checks.append(("top1_agreement", m.top1_agreement, t.min_top1_agreement, ">="))
             if m.accuracy_delta is not None:
                 checks.append(("accuracy_drop", -m.accuracy_delta, t.max_accuracy_drop, "<="))
-        if r.baseline:
+        else:
             checks += [("x86_max_abs_diff", r.baseline["max_abs_diff"], t.max_abs_error, "<="),
                        ("x86_top1_agreement", r.baseline["top1_agreement"], t.min_top1_agreement, ">=")]
         for metric, value, limit, op in checks:
@@ -257,9 +257,7 @@ def record_in_manifest(folder: Path, run: Arm64Run) -> None:
     entry["artifacts"] = {r.artifact.file_name: {k: v for k, v in arm_dict(r, run.profile).items()
                                                  if k not in ("path", "thresholds")} for r in run.results}
     manifest.setdefault("arm64_validation", {})[run.profile] = entry
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ SME instruction probe
