@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.artifact import Artifact, read_manifest
-from pipeline.core.config import check_fields
+from pipeline.core.config import CostThresholds, check_fields
 from pipeline.core.errors import DriftError, PipelineError
 from pipeline.core.options import CostOptions
 from pipeline.core.paths import replace_text
@@ -53,8 +53,7 @@ def prepare_cost(options: CostOptions, max_increase: float) -> CostGate:
     if not options.profiles or not options.lengths:
         raise PipelineError(f"--cost needs at least one CPU profile and one length, not {options.profiles} x "
                             f"{options.lengths}")
-    if isinstance(max_increase, bool) or not isinstance(max_increase, (int, float)) or not max_increase >= 0:
-        raise PipelineError(f"[thresholds.cost] max_increase must be a number >= 0, not {max_increase!r}")
+    check_fields(CostThresholds(max_increase), "thresholds.cost")  # its declared type and range
     env = find_counting_env()
     baseline = load_baseline(options.baseline) if options.baseline is not None else None
     name = Path(options.baseline).name if options.baseline is not None else None
