@@ -46,6 +46,7 @@ class ArtifactResult:
     evidence: dict = field(default_factory=dict)  # measured but not gated (e.g. LiteRT without XNNPACK)
     latencies: list[float] = field(default_factory=list)
     builtin_logits: np.ndarray | None = None  # a 4-bit .tflite's outputs with LiteRT's builtin kernels only
+    length_drift: dict | None = None  # its sweep's drift per length band; validate records it in the details
 
     @property
     def passed(self) -> bool:
@@ -143,8 +144,7 @@ def judge(artifact: Artifact, got: FileOutputs, evidence: Evidence, thresholds: 
     if len(sweep) and evidence.sweep_reference is not None:
         errors = {int(r["input_ids"].shape[1]): max_abs_error(g, e)
                   for r, g, e in zip(evidence.sweep, sweep, evidence.sweep_reference)}
-        artifact.details["length_drift"] = length_drift(real_lengths(evidence.encoded.attention_mask), logits,
-                                                        reference, errors)
+        result.length_drift = length_drift(real_lengths(evidence.encoded.attention_mask), logits, reference, errors)
         failures += [f"{label}: max_abs_error {e:.4g} at length {n} > limit {limits.max_abs_error:.4g}"
                      for n, e in errors.items() if not e <= limits.max_abs_error]
     if other is not None:
@@ -196,6 +196,8 @@ def validate(artifacts: list[Artifact], evidence: Evidence, thresholds: Threshol
     for artifact in artifacts:
         got = outputs.get(artifact.file_name) or FileOutputs(error="no outputs came back")
         result = judge(artifact, got, evidence, thresholds, where)
+        if result.length_drift is not None:
+            artifact.details["length_drift"] = result.length_drift
         log(result_line(result))
         if checked_without_delegates(artifact):
             fold_builtin_run(result, outputs.get(artifact.file_name + WITHOUT_DELEGATES), evidence, thresholds, where, log)
@@ -207,14 +209,11 @@ def fold_builtin_run(result: ArtifactResult, got: FileOutputs | None, evidence: 
                      where: Where, log: Log) -> None:
     """The file's builtin-kernel run judged like the file (its own line), its verdict made the file's."""
     label = f"{where.label}, " if where.label else ""
-    drift = result.artifact.details.get("length_drift")  # the file's (XNNPACK) length drift is the one recorded
     name = result.artifact.file_name
     baseline = None if where.baseline is None else {name: where.baseline.get(name + WITHOUT_DELEGATES)}
     builtin = judge(result.artifact, got or FileOutputs(error="no outputs came back"), evidence, thresholds,
                     Where(label=label + "no XNNPACK", baseline=baseline))
     result.builtin_logits = builtin.logits
-    if drift is not None:
-        result.artifact.details["length_drift"] = drift
     log(result_line(builtin))
     if builtin.error is not None and result.error is None:
         result.error = f"without XNNPACK: {builtin.error}"
