@@ -64,6 +64,8 @@ def test_4bit_files_pass_on_arm64_with_and_without_xnnpack(tiny_int4_build, tiny
     builtin = entries["albert.int4.tflite"]["no_xnnpack"]
     assert builtin["gated"] and builtin["max_abs_error"] <= entries["albert.int4.tflite"]["thresholds"]["max_abs_error"]
     assert any("albert.int4.tflite [arm64 cortex-a76, no XNNPACK] (litert): PASS" in line for line in lines), lines
+    assert "albert.int4.tflite again without the XNNPACK delegate" in (report := (folder / "report.md").read_text())
+    assert "(gated like the file)" in report and "evidence only" not in report
 
 
 def test_wrong_file_fails_the_arm_gate_naming_artifact_profile_and_metric(tiny_builds, tmp_path):

@@ -189,9 +189,10 @@ def markdown(run: Arm64Run) -> str:
     for r in run.results:
         e = r.evidence.get("no_xnnpack")
         if e:
+            verdict = ("gated like the file" if e.get("gated") else "evidence only, not gated")
             lines += ["", f"{r.artifact.file_name} again without the XNNPACK delegate (LiteRT builtin kernels, no SME "
                           f"code): max abs err {e['max_abs_error']:.2e}, top-1 agree {e['top1_agreement']:.4f} "
-                          "(evidence only, not gated)."]
+                          f"({verdict})."]
     if run.sme_probe:
         lines += ["", "SME instruction probe (one outer product on known data under the same QEMU, vs numpy):", ""]
         lines += [f"- `{k}`: {v}" for k, v in run.sme_probe.items()]
