@@ -3,7 +3,7 @@
 
     python scripts/albert_base_shaped.py OUT_DIR        # writes OUT_DIR/model and OUT_DIR/eval3.csv (~10 min)
     python -m pipeline build --target android --model OUT_DIR/model --eval-data OUT_DIR/eval3.csv \\
-        --eval-limit 500 --no-copy-to-apps --out OUT_DIR/build
+        --eval-limit 1000 --no-copy-to-apps --out OUT_DIR/build
 
 The texts are generated: three words from the label's word group (positive / negative / neutral) among 2-40
 filler words that include the other groups' words, so the label follows from the text but not always plainly.
@@ -111,7 +111,7 @@ def main(out: Path, random_encoder: bool) -> None:
     for name in ("config.json", "model.safetensors"):
         (weights / name).replace(model_dir / name)
     shutil.rmtree(weights)
-    evaluation = texts(500, 0)
+    evaluation = texts(1000, 0)
     with open(out / "eval3.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])

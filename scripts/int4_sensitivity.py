@@ -3,6 +3,10 @@ kept at 8 bits, measured on reviews the eval table does not use (the last 1000 o
 
     PYTHONPATH=. nice -n 10 python scripts/int4_sensitivity.py --runtime litert --float-tflite int4-table/float/albert.fp32.tflite
     PYTHONPATH=. nice -n 10 python scripts/int4_sensitivity.py --runtime executorch
+    PYTHONPATH=. python scripts/int4_sensitivity.py --runtime litert --model M --texts T.csv --float-tflite F --out O
+
+--model and --texts (a CSV with a `text` column) measure another checkpoint, e.g. the held-out 12-layer model of
+scripts/albert_base_shaped.py on texts that neither its training nor its eval set holds.
 
 litert: the real 4-bit .tflite (`quantize_tflite`) in LiteRT with XNNPACK, per module. executorch: the torchao-
 quantized eager model (`quantize_int4`; on the test reviews it agreed with its .pte within 0.001 top-1 / 0.04 max
@@ -12,6 +16,7 @@ agreement, max abs error; written to <out>/sensitivity-<runtime>.jsonl.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +35,8 @@ def main() -> None:
     parser.add_argument("--float-tflite", help="the verified float .tflite (litert; scripts/int4_table.py makes one)")
     parser.add_argument("--out", default="int4-table")
     parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--model", help="checkpoint folder (default: the embedded default model)")
+    parser.add_argument("--texts", help="CSV with a text column (default: the last --rows small_fine_foods train reviews)")
     args = parser.parse_args()
 
     import torch
@@ -45,8 +52,12 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint(default_model_dir(), 128)
-    texts = load_small_fine_foods("train").texts[-args.rows:]
+    model = load_checkpoint(args.model or default_model_dir(), 128)
+    if args.texts:
+        with open(args.texts, newline="") as handle:
+            texts = [row["text"] for row in csv.DictReader(handle)][:args.rows]
+    else:
+        texts = load_small_fine_foods("train").texts[-args.rows:]
     encoded = encode(model.tokenizer, texts, 128)
     reference = reference_logits(model, encoded)
     names = linear_names(model.export_model)
