@@ -1,7 +1,7 @@
 """An albert-base-shaped checkpoint for the gate: 12 layers, E=128, H=768, 12 heads, intermediate
 3072, vocab 30000, a SentencePiece tokenizer (spiece.model, AlbertTokenizer) and 3 labels, plus a 3-label eval CSV.
 
-    python scripts/albert_base_shaped.py OUT_DIR        # writes OUT_DIR/model and OUT_DIR/eval3.csv (~10 min)
+    python scripts/albert_base_shaped.py OUT_DIR        # OUT_DIR/model, eval3.csv, select3.csv (~10 min)
     python -m pipeline build --target android --model OUT_DIR/model --eval-data OUT_DIR/eval3.csv \\
         --eval-limit 1000 --no-copy-to-apps --out OUT_DIR/build
 
@@ -46,6 +46,13 @@ def texts(count: int, seed: int) -> list[tuple[str, str]]:
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
+
+
+def write_texts(path: Path, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
 
 
 def fit_ridge_probe(model, tokenizer, rows: list[tuple[str, str]]) -> None:
@@ -112,10 +119,8 @@ def main(out: Path, random_encoder: bool) -> None:
         (weights / name).replace(model_dir / name)
     shutil.rmtree(weights)
     evaluation = texts(1000, 0)
-    with open(out / "eval3.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(evaluation)
+    write_texts(out / "eval3.csv", evaluation)
+    write_texts(out / "select3.csv", texts(1000, 2))  # for choosing recipes: in neither the training nor the eval set
 
     tokenizer = AlbertTokenizer.from_pretrained(str(model_dir))
     model = AlbertForSequenceClassification.from_pretrained(str(model_dir)).eval()
@@ -126,7 +131,7 @@ def main(out: Path, random_encoder: bool) -> None:
     accuracy = (predicted == torch.tensor([NAMES.index(label) for _, label in evaluation])).float().mean().item()
     model.save_pretrained(str(model_dir))
     print(f"wrote {model_dir} ({model.num_parameters():,} parameters, {'random encoder + ridge probe' if random_encoder else 'fine-tuned'}, "
-          f"eval accuracy {accuracy:.3f}, classifier weight norm {model.classifier.weight.norm():.1f}) and {out / 'eval3.csv'}")
+          f"eval accuracy {accuracy:.3f}, classifier weight norm {model.classifier.weight.norm():.1f}), eval3.csv, select3.csv")
 
 
 if __name__ == "__main__":
