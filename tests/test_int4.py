@@ -9,6 +9,7 @@ one onnx2tf conversion and one ExecuTorch lowering for the module. Then int4 as 
 and without XNNPACK, and a 4-bit .tflite that only LiteRT's builtin kernels get wrong failed by the gate."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from folder_support import rewrite_file
 from pipeline.core.artifact import Artifact, check_size, size_limit
 from pipeline.core.config import DEFAULT_THRESHOLDS, Int4Recipe, TFLiteConfig, load_config
 from pipeline.core.errors import PipelineError
@@ -208,22 +210,6 @@ def _run_cli(*args: str) -> "subprocess.CompletedProcess":
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
 
 
-def _copy_with_file(folder, tmp_path, name: str, data: bytes):
-    """A copy of the folder with `name` replaced by `data` and the manifest's hash and size made to match."""
-    import hashlib
-    import json
-    import shutil
-
-    copy = tmp_path / "folder"
-    shutil.copytree(folder, copy)
-    (copy / name).write_bytes(data)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    entry = next(f for f in manifest["files"] if f["path"] == name)
-    entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
-
-
 def test_build_with_int4_bundles_both_4bit_files_and_a_mediapipe_twin_within_the_size_rule(tiny_int4_build):
     import json
 
@@ -277,7 +263,9 @@ def test_validate_fails_a_4bit_tflite_that_only_the_builtin_kernels_get_wrong(ti
     blockwise, _ = quantize_tflite((tiny_int4_build / "albert.fp32.tflite").read_bytes(),
                                    Int4Recipe(weights="group", group_size=32, embedding_group_size=32),
                                    model.spec.vocab_size, linears)
-    folder = _copy_with_file(tiny_int4_build, tmp_path, "albert.int4.tflite", blockwise)
+    folder = tmp_path / "folder"
+    shutil.copytree(tiny_int4_build, folder)
+    rewrite_file(folder, "albert.int4.tflite", blockwise)
     done = _run_cli("validate", "--artifacts", str(folder), "--thresholds", str(tiny_int4_thresholds))
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "albert.int4.tflite [no XNNPACK]" in done.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from folder_support import rewrite_file
 from pipeline.core.errors import PipelineError
 
 MAX_LENGTH = 24  # not 32: the tiny hidden size (S == H makes onnx2tf transpose wrongly)
@@ -134,18 +135,6 @@ def test_drift_shows_known_differences_and_the_app_normalization_fixes_them(buil
     assert app_normalize("Ｃafé  crème", "sentencepiece") == "cafe creme"
 
 
-def _rewrite(folder: Path, name: str, data: bytes) -> None:
-    """Replace a model file and record it in the manifest, as a build that wrote it so would have."""
-    from pipeline.core.data import sha256_file
-
-    (folder / name).write_bytes(data)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        if entry["path"] == name:
-            entry["sha256"], entry["bytes"] = sha256_file(folder / name), len(data)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_broken_or_missing_metadata_is_refused_with_one_line(builds, tmp_path):
     from pipeline.cli import main
     from pipeline.formats.mediapipe import attach_metadata, check_metadata, metadata_buffer, rewrite_graph, DeviceTokenizer
@@ -176,7 +165,7 @@ def test_broken_or_missing_metadata_is_refused_with_one_line(builds, tmp_path):
 
     copy = tmp_path / "folder"
     shutil.copytree(folder, copy)
-    _rewrite(copy, "albert.int8.mediapipe.tflite", broken["no TFLite metadata"])
+    rewrite_file(copy, "albert.int8.mediapipe.tflite", broken["no TFLite metadata"])
     assert main(["validate", "--artifacts", str(copy), "--report-dir", str(tmp_path / "r")]) == 2
 
 
